@@ -37,8 +37,9 @@ class ReplayQueueActor:
     def put(self, data, timeout: Optional[float] = None) -> List[int]:
         return self._queue.put(data, timeout=timeout)
 
-    def get(self, max_groups: int, consumer_version: int, timeout: float = 0.0) -> Delivery:
-        return self._queue.get(max_groups, consumer_version, timeout=timeout)
+    def get(self, max_groups: int, consumer_version: int, timeout: float = 0.0,
+            ack: Optional[List[int]] = None) -> Delivery:
+        return self._queue.get(max_groups, consumer_version, timeout=timeout, ack=ack)
 
     def ack(self, offsets: List[int]) -> int:
         return self._queue.ack(offsets)

@@ -105,14 +105,12 @@ class SegmentLog:
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, LOG_SCHEMA)
 
-    def replay(self) -> Iterator[Tuple[int, pa.RecordBatch]]:
-        """Every logged group as (offset, one-row batch in GROUP_SCHEMA), in log order."""
+    def replay(self) -> Iterator[Tuple[List[int], pa.RecordBatch]]:
+        """Every logged batch as (offsets, batch in GROUP_SCHEMA), in log order."""
         for path in self.segments():
             for batch in _read_tolerant(path):
-                offsets = batch.column(OFFSET_FIELD).to_pylist()
-                groups = batch.drop_columns([OFFSET_FIELD])
-                for i, offset in enumerate(offsets):
-                    yield offset, groups.slice(i, 1)
+                yield (batch.column(OFFSET_FIELD).to_pylist(),
+                       batch.drop_columns([OFFSET_FIELD]))
 
     def export_parquet(self, path: Path) -> int:
         """Write every logged group (with offsets) to one Parquet file, atomically."""

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Deque, Dict, Iterable, List, Optional, Union
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster.metrics import MetricSet
 from cluster.queue_log import COMMIT_FILE, CommitState, SegmentLog, atomic_write_text
@@ -29,8 +31,11 @@ from cluster.schema import GROUP_SCHEMA, validate
 
 @dataclass
 class _Entry:
+    """One queued group: row ``index`` of the batch it arrived in (no per-row copy)."""
+
     offset: int
-    batch: pa.RecordBatch  # one row
+    source: pa.RecordBatch
+    index: int
     nbytes: int
     policy_version: int
     put_time: float
@@ -72,6 +77,40 @@ def _combine(table: pa.Table) -> pa.RecordBatch:
     return pa.concat_batches(batches)
 
 
+def _row_sizes(batch: pa.RecordBatch) -> np.ndarray:
+    """Bytes each group holds: the batch's bytes shared out in proportion to its tokens.
+
+    Exact in total (the sizes sum to ``batch.nbytes``) and per group up to the fixed
+    per-record overhead, without slicing every row to measure it.
+    """
+    if batch.num_rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    prompt = pc.list_value_length(batch.column("prompt_token_ids")).to_numpy()
+    completions = batch.column("completion_token_ids")
+    per_completion = pc.list_value_length(completions.flatten()).to_numpy()
+    starts = completions.offsets.to_numpy()[:-1] - completions.offsets[0].as_py()
+    tokens = prompt + np.add.reduceat(per_completion, starts) + 1
+    sizes = np.floor(batch.nbytes * tokens / tokens.sum()).astype(np.int64)
+    sizes[-1] += batch.nbytes - sizes.sum()
+    return sizes
+
+
+def _gather(entries: List[_Entry]) -> pa.RecordBatch:
+    """One batch of the entries' rows, slicing runs of consecutive rows of the same source."""
+    if not entries:
+        return pa.RecordBatch.from_pylist([], schema=GROUP_SCHEMA)
+    pieces, run = [], [entries[0]]
+    for entry in entries[1:]:
+        last = run[-1]
+        if entry.source is last.source and entry.index == last.index + 1:
+            run.append(entry)
+        else:
+            pieces.append(run[0].source.slice(run[0].index, len(run)))
+            run = [entry]
+    pieces.append(run[0].source.slice(run[0].index, len(run)))
+    return pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
+
+
 class ReplayQueue:
     """Thread-safe bounded queue of group records with staleness bound and exactly-once acks."""
 
@@ -108,11 +147,12 @@ class ReplayQueue:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self._commit = CommitState.load(self._log_dir / COMMIT_FILE)
         log = SegmentLog(self._log_dir / "segments", segment_bytes)
-        for offset, row in log.replay():
-            self._seen_ids.add(row.column("group_id")[0].as_py())
-            self._next_offset = max(self._next_offset, offset + 1)
-            if offset not in self._commit:
-                self._admit(offset, row)
+        for offsets, batch in log.replay():
+            self._seen_ids.update(batch.column("group_id").to_pylist())
+            self._next_offset = max(self._next_offset, int(offsets[-1]) + 1)
+            keep = [i for i, o in enumerate(offsets) if o not in self._commit]
+            if keep:
+                self._admit([offsets[i] for i in keep], batch.take(pa.array(keep, pa.int64())))
         self._log = log
 
     # ------------------------------------------------------------------ producer side
@@ -130,21 +170,20 @@ class ReplayQueue:
                 of this call were accepted before it (their offsets are in ``.accepted``).
         """
         start = time.monotonic()
-        batch = validate(_as_batch(data))
-        rows = self._fresh_rows(batch)
+        batch = self._fresh(validate(_as_batch(data)))
+        sizes = _row_sizes(batch)
         accepted: List[int] = []
         deadline = None if timeout is None else start + timeout
         with self._lock:
             i = 0
-            while i < len(rows):
-                take = self._wait_for_room(rows, i, deadline, accepted)
-                chunk = rows[i:i + take]
+            while i < batch.num_rows:
+                take = self._wait_for_room(sizes[i:], deadline, accepted)
+                chunk = batch.slice(i, take)
                 offsets = list(range(self._next_offset, self._next_offset + take))
                 if self._log is not None:
-                    self._log.append(pa.concat_batches(chunk), offsets)
-                for offset, row in zip(offsets, chunk):
-                    self._seen_ids.add(row.column("group_id")[0].as_py())
-                    self._admit(offset, row)
+                    self._log.append(chunk, offsets)
+                self._seen_ids.update(chunk.column("group_id").to_pylist())
+                self._admit(offsets, chunk, sizes[i:i + take])
                 self._next_offset += take
                 accepted.extend(offsets)
                 i += take
@@ -154,36 +193,34 @@ class ReplayQueue:
         self._metrics["duet_queue_put_seconds"].observe(time.monotonic() - start)
         return accepted
 
-    def _fresh_rows(self, batch: pa.RecordBatch) -> List[pa.RecordBatch]:
-        rows, seen_here = [], set()
-        ids = batch.column("group_id").to_pylist()
+    def _fresh(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch without groups this queue already accepted (producer retries)."""
+        keep, seen_here = [], set()
         with self._lock:
-            for i, gid in enumerate(ids):
+            for i, gid in enumerate(batch.column("group_id").to_pylist()):
                 if gid in self._seen_ids or gid in seen_here:
                     self._metrics["duet_queue_duplicate_groups"].inc()
                     continue
                 seen_here.add(gid)
-                rows.append(batch.slice(i, 1))
-        return rows
+                keep.append(i)
+        return batch if len(keep) == batch.num_rows else batch.take(pa.array(keep, pa.int64()))
 
-    def _wait_for_room(self, rows: List[pa.RecordBatch], start: int, deadline: Optional[float],
+    def _wait_for_room(self, sizes: np.ndarray, deadline: Optional[float],
                        accepted: List[int]) -> int:
-        """Wait (lock held) until some rows fit; return how many of rows[start:] to admit."""
+        """Wait (lock held) until some groups fit; return how many of ``sizes`` to admit."""
         blocked_since = None
         while True:
             if self._closed:
                 raise QueueClosed("replay queue closed while a producer waited for room")
-            take, groups, held = 0, self.held_groups, self._held_bytes
-            for row in rows[start:]:
-                size = row.nbytes
+            room_groups = self.capacity_groups - self.held_groups
+            fit_bytes = int(np.searchsorted(np.cumsum(sizes),
+                                            self.capacity_bytes - self._held_bytes, "right"))
+            take = min(room_groups, fit_bytes, len(sizes))
+            if take == 0 and self.held_groups == 0:
                 # A group larger than the whole byte bound is admitted alone, into an empty
                 # queue, rather than blocking forever.
-                fits = groups + 1 <= self.capacity_groups and (
-                    held + size <= self.capacity_bytes or groups == 0)
-                if not fits:
-                    break
-                take, groups, held = take + 1, groups + 1, held + size
-            if take:
+                take = 1
+            if take > 0:
                 if blocked_since is not None:
                     self._metrics["duet_queue_blocked_seconds"].inc(
                         time.monotonic() - blocked_since)
@@ -198,22 +235,30 @@ class ReplayQueue:
                 raise err
             self._lock.wait(timeout=remaining)
 
-    def _admit(self, offset: int, row: pa.RecordBatch) -> None:
-        entry = _Entry(offset, row, row.nbytes, row.column("policy_version")[0].as_py(),
-                       time.time())
-        self._waiting.append(entry)
-        self._held_bytes += entry.nbytes
+    def _admit(self, offsets: List[int], batch: pa.RecordBatch,
+               sizes: Optional[np.ndarray] = None) -> None:
+        sizes = _row_sizes(batch) if sizes is None else sizes
+        versions = batch.column("policy_version").to_pylist()
+        now = time.time()
+        for i, offset in enumerate(offsets):
+            entry = _Entry(offset, batch, i, int(sizes[i]), versions[i], now)
+            self._waiting.append(entry)
+            self._held_bytes += entry.nbytes
 
     # ------------------------------------------------------------------ consumer side
 
-    def get(self, max_groups: int, consumer_version: int, timeout: float = 0.0) -> Delivery:
+    def get(self, max_groups: int, consumer_version: int, timeout: float = 0.0,
+            ack: Optional[Iterable[int]] = None) -> Delivery:
         """Up to ``max_groups`` fresh groups, oldest first; waits up to ``timeout`` for one.
 
         Groups produced more than ``max_staleness`` versions before ``consumer_version`` are
         dropped (reason "stale"), counted, and committed so no restart brings them back.
+        ``ack`` commits the previous delivery in the same call (one round trip per step).
         """
         if max_groups < 1:
             raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+        if ack:
+            self.ack(ack)
         start = time.monotonic()
         deadline = start + timeout
         with self._lock:
@@ -228,9 +273,7 @@ class ReplayQueue:
         for s in staleness:
             self._metrics["duet_queue_staleness"].observe(s)
         self._metrics["duet_queue_get_seconds"].observe(time.monotonic() - start)
-        batch = (pa.concat_batches([e.batch for e in picked]) if picked
-                 else pa.RecordBatch.from_pylist([], schema=GROUP_SCHEMA))
-        return Delivery([e.offset for e in picked], batch, staleness)
+        return Delivery([e.offset for e in picked], _gather(picked), staleness)
 
     def _pick(self, max_groups: int, consumer_version: int) -> List[_Entry]:
         picked: List[_Entry] = []
