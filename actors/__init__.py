@@ -1,0 +1,1 @@
+"""What runs beside the inference engine: rollout actors, rewards, tasks, weight receiving."""

@@ -112,6 +112,8 @@ class TaskConfig:
     """Held-out prompts used for evaluation."""
     skip_bad_rows: bool = False
     """Skip (and count) malformed dataset rows instead of stopping with an error."""
+    max_prompt_chars: int = 16384
+    """Dataset prompts longer than this are bad rows (error, or skipped with skip_bad_rows)."""
 
     def __post_init__(self) -> None:
         _require(self.name in ("arithmetic", "jsonl", "parquet"), "name", self.name,
@@ -120,6 +122,8 @@ class TaskConfig:
                  f"is required for task '{self.name}'")
         _require(1 <= self.difficulty <= 6, "difficulty", self.difficulty, "must be in 1..6")
         _require(self.eval_size >= 0, "eval_size", self.eval_size, "must be >= 0")
+        _require(self.max_prompt_chars >= 1, "max_prompt_chars", self.max_prompt_chars,
+                 "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""The prompt-source contract: an indexable stream of prompts with reference answers.
+
+A source is addressed by *stream position*: position p always yields the same prompt, so a
+rollout worker that restarts and resumes from its cursor regenerates exactly the prompts it
+had not finished, and the group id (derived from the position) never repeats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Protocol
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt and what its completions are scored against."""
+
+    prompt_id: str
+    """Stable id of the underlying item (the same item seen in two epochs keeps its id)."""
+    text: str
+    """Prompt text given to the model."""
+    answer: str
+    """Reference answer the reward function checks against."""
+
+
+class PromptSource(Protocol):
+    """An endless stream of training prompts and a fixed held-out set."""
+
+    def train(self, position: int) -> Prompt:
+        """The prompt at stream position ``position`` (deterministic)."""
+
+    def eval_set(self) -> List[Prompt]:
+        """Held-out prompts, disjoint from the training stream."""
+
+    def stats(self) -> Dict[str, int]:
+        """Counters such as skipped bad rows."""
+
+
+def shard_positions(worker: int, num_workers: int, cursor: int, count: int) -> List[int]:
+    """Stream positions owned by ``worker``: worker, worker + W, ...; ``cursor`` counts its own.
+
+    Returns the next ``count`` positions of this worker starting at its ``cursor``-th.
+    """
+    return [worker + num_workers * (cursor + i) for i in range(count)]
+
+
+def make_source(task_config, seed: int) -> PromptSource:
+    """The prompt source a ``TaskConfig`` names."""
+    if task_config.name == "arithmetic":
+        from actors.tasks.arithmetic import ArithmeticTask
+
+        return ArithmeticTask(digits=task_config.difficulty, seed=seed,
+                              eval_size=task_config.eval_size)
+    from actors.tasks.dataset import DatasetTask
+
+    return DatasetTask(task_config, seed=seed)
