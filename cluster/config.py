@@ -327,6 +327,10 @@ class RunConfig:
     """Seed for prompts, sampling and initialisation."""
     steps: int = 40
     """Training steps (each consumes prompts_per_step x group_size rollouts)."""
+    max_rollouts: int = 0
+    """Stop once this many rollouts were generated (0: no limit)."""
+    max_wall_seconds: float = 0.0
+    """Stop after this much wall time (0: no limit)."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
     eval_every: int = 10
@@ -354,6 +358,9 @@ class RunConfig:
         _require(bool(self.name) and "/" not in self.name, "name", self.name,
                  "must be a non-empty folder name without '/'")
         _require(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        _require(self.max_rollouts >= 0, "max_rollouts", self.max_rollouts, "must be >= 0")
+        _require(self.max_wall_seconds >= 0, "max_wall_seconds", self.max_wall_seconds,
+                 "must be >= 0")
         _require(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
                  "must be >= 0")

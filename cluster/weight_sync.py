@@ -51,13 +51,23 @@ def digest(data: bytes) -> str:
 
 def pack_buckets(named: Iterable[Tuple[str, torch.Tensor]], bucket_bytes: int = 256 * 2**20
                  ) -> Iterator[Tuple[bytes, List[str]]]:
-    """Serialise (name, tensor) pairs into safetensors buckets of about ``bucket_bytes``."""
+    """Serialise (name, tensor) pairs into safetensors buckets of about ``bucket_bytes``.
+
+    A tensor sharing storage with one already packed (tied input/output embeddings) is
+    sent again as a copy under its own name: safetensors refuses shared storage, and the
+    CPU engine keeps a separate, repacked output projection that only its own name updates.
+    """
     from safetensors.torch import save
 
     bucket: Dict[str, torch.Tensor] = {}
     size = 0
+    seen = set()
     for name, tensor in named:
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         tensor = tensor.detach().to("cpu").contiguous()
+        if key in seen:
+            tensor = tensor.clone()
+        seen.add(key)
         if bucket and size + tensor.numel() * tensor.element_size() > bucket_bytes:
             yield save(bucket), list(bucket)
             bucket, size = {}, 0

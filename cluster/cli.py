@@ -1,0 +1,266 @@
+"""The ``duet`` command line: train, compare, eval, report.
+
+Every command takes ``--config FILE`` and dotted overrides (``algo.group_size=16``); the
+resolved config is printed and saved with the run under ``runs/<name>/``. With no
+arguments, ``duet compare`` runs the embedded default: local Ray, CPU engines, the tiny
+model duet builds itself, the synthetic arithmetic task, arms 2 and 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from cluster.config import ConfigError, RunConfig, field_help, load_config, to_yaml
+
+DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "deploy" / "configs" / "tiny-cpu.yaml"
+
+
+def options_help() -> str:
+    """Every config key with its type, default and meaning, for --help."""
+    lines = ["config keys (set in --config YAML or as key=value overrides):"]
+
+    def walk(cls, prefix: str, default) -> None:
+        docs = field_help(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.", value)
+                continue
+            lines.append(f"  {prefix}{f.name} = {value!r}")
+            lines.append(f"      {docs.get(f.name, '')}")
+
+    walk(RunConfig, "", RunConfig())
+    return "\n".join(lines)
+
+
+def _config(args) -> RunConfig:
+    source = args.config
+    if source is None and DEFAULT_PRESET.exists():
+        source = DEFAULT_PRESET
+    return load_config(source, args.overrides)
+
+
+class Progress:
+    """Live progress: a rich status line on a terminal, plain lines otherwise (logs, CI)."""
+
+    def __init__(self, total_steps: int, label: str = "") -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False)
+        self.total, self.label = total_steps, label
+        self.start = time.perf_counter()
+        self.last_acc: Optional[float] = None
+        self._live = None
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self._live = Live("", console=self.console, refresh_per_second=4, transient=False)
+            self._live.start()
+
+    def __call__(self, row: Dict[str, object]) -> None:
+        if row["kind"] == "eval":
+            self.last_acc = float(row["accuracy"])
+            line = (f"{self.label}eval @ step {row['step']}: held-out accuracy "
+                    f"{self.last_acc:.1%} ({row['n']} prompts)")
+            self._print(line)
+            return
+        step = int(row["step"])
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / step * (self.total - step) if step else 0.0
+        acc = "—" if self.last_acc is None else f"{self.last_acc:.1%}"
+        line = (f"{self.label}step {step}/{self.total}  reward {row.get('reward_mean', 0):.3f}  "
+                f"acc {acc}  rollouts {row.get('rollouts_total', 0)}  "
+                f"tok/s {row.get('tokens_per_s', 0):.0f}  staleness {row.get('staleness_max', 0):.0f}  "
+                f"ETA {eta:.0f}s")
+        if self._live is not None:
+            self._live.update(line)
+        elif step == 1 or step % 10 == 0 or step == self.total:
+            print(line, flush=True)
+
+    def _print(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+
+def _run_dir(config: RunConfig) -> Path:
+    return Path(config.output_dir) / config.name
+
+
+def _resource_plan(config: RunConfig) -> str:
+    a, r, l = config.algo, config.rollout, config.learner
+    return "\n".join([
+        "resource plan:",
+        f"  rollout actors : {r.num_workers} (one vLLM engine each)",
+        f"  learner ranks  : {l.num_ranks} (DeepSpeed ZeRO-{l.zero_stage}, one GPU each on GPU)",
+        f"  GPUs           : {r.num_workers + l.num_ranks} (rollout + learner, when on GPU)",
+        f"  replay queue   : 1 actor, {config.queue.capacity_groups} groups / "
+        f"{config.queue.capacity_bytes / 2**20:.0f} MiB, max staleness {config.queue.max_staleness}",
+        f"  batch geometry : {a.prompts_per_step} prompts x {a.group_size} = "
+        f"{a.rollouts_per_step} rollouts per step, {a.mini_batches} mini-batch(es), "
+        f"{a.ppo_epochs} epoch(s)",
+        f"  tokens / step  : up to {a.rollouts_per_step * (r.max_new_tokens):,} completion tokens",
+        f"  steps          : {config.steps} ({config.steps * a.rollouts_per_step:,} rollouts)",
+        f"  mode           : {config.cluster.mode}, lr {l.lr:g}, clip {a.clip_low}/{a.clip_high}",
+    ])
+
+
+def cmd_train(args) -> int:
+    from cluster.driver import Driver, start_ray, start_rollouts
+    from cluster.models import resolve_model
+
+    config = _config(args)
+    print(to_yaml(config))
+    if args.dry_run:
+        print(_resource_plan(config))
+        return 0
+    run_dir = _run_dir(config)
+    start_ray(config)
+    model_path = resolve_model(config)
+    actors = start_rollouts(config, str(model_path), run_dir / "engines")
+    progress = Progress(config.steps)
+    try:
+        summary = Driver(config, run_dir, str(model_path), actors, progress=progress,
+                         resume=args.resume).run()
+    finally:
+        progress.close()
+    print(json.dumps({"run_dir": str(run_dir), "steps": summary.steps,
+                      "final_accuracy": summary.eval[-1]["accuracy"] if summary.eval else None,
+                      "wall_seconds": round(summary.wall_seconds, 1)}))
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cluster.compare import parse_arms, run_compare
+    from cluster.report import write_report
+
+    base = _config(args)
+    arms = parse_arms(args.arms)
+    print(to_yaml(base))
+    run_dir = _run_dir(base)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(base))
+    bars: Dict[str, Progress] = {}
+
+    def progress(arm: str, row: Dict[str, object]) -> None:
+        if arm not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[arm] = Progress(base.steps, label=f"[{arm}-GRPO] ")
+        bars[arm](row)
+
+    try:
+        run_compare(base, arms, run_dir, args.lr_rule, args.budget, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    report = write_report(run_dir)
+    print(Path(report).read_text())
+    print(f"report written to {report} (plots: {run_dir / 'report.png'})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from cluster.driver import start_ray, start_rollouts
+    from cluster.models import resolve_model
+
+    config = _config(args)
+    start_ray(config)
+    model = Path(args.model) if args.model else resolve_model(config)
+    actors = start_rollouts(config, str(model), _run_dir(config) / "engines")
+    import ray
+
+    greedy = ray.get(actors[0].evaluate.remote())
+    result = {"model": str(model), "greedy_accuracy": greedy["accuracy"], "n": greedy["n"]}
+    if args.k > 1:
+        result[f"mean@{args.k}"] = ray.get(actors[0].evaluate.remote(None, args.k, False))["accuracy"]
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cluster.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(path.read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duet", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=options_help())
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=None,
+                       help=f"YAML config (default: {DEFAULT_PRESET.relative_to(DEFAULT_PRESET.parents[2])})")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotted config overrides, e.g. algo.group_size=16")
+
+    train = sub.add_parser("train", help="train one policy", epilog=options_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint of runs/<name>")
+    train.add_argument("--dry-run", action="store_true",
+                       help="validate the config and print the resource plan; start nothing")
+    train.set_defaults(func=cmd_train)
+
+    compare = sub.add_parser("compare", help="2-vs-16 (or other) arms at equal rollouts/step",
+                             epilog=options_help(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(compare)
+    compare.add_argument("--arms", default="2,16",
+                         help="group sizes to compare; '2+rs' is 2-GRPO with resampling")
+    compare.add_argument("--lr-rule", default="linear", choices=["linear", "sqrt", "same"],
+                         help="learning rate per arm: linear in prompts per step (the paper), "
+                              "sqrt, or the same for all")
+    compare.add_argument("--budget", default="steps", choices=["steps", "rollouts"],
+                         help="equal steps per arm (the paper) or an equal total rollout budget")
+    compare.set_defaults(func=cmd_compare)
+
+    evaluate = sub.add_parser("eval", help="held-out accuracy of a model")
+    common(evaluate)
+    evaluate.add_argument("--model", default=None, help="model folder (default: model.path)")
+    evaluate.add_argument("-k", type=int, default=1, help="also report mean@k with sampling")
+    evaluate.set_defaults(func=cmd_eval)
+
+    report = sub.add_parser("report", help="rebuild report.md/png from a compare run")
+    report.add_argument("run_dir", help="runs/<name> of a compare run")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"duet: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the run failed: say why and exit non-zero, never "success"
+        from cluster.driver import RunFailed
+
+        if isinstance(err, RunFailed):
+            print(f"duet: run failed: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The training driver: rollout actors, the replay queue and the learner group, run as one loop.
+
+``sync`` mode is on-policy: generate a step's groups, train on them, publish and verify the
+new weights on every rollout actor, repeat. ``async`` mode launches the next step's
+generation before training the current one, so engines keep sampling while the learner
+steps; groups more than ``queue.max_staleness`` versions old are dropped by the queue, and
+truncated importance sampling (``algo.tis_cap``) corrects for the lag using the engines'
+behaviour log-probs.
+
+Exactly-once: a step's groups are acked only once a checkpoint that includes their update
+is complete (per step when checkpoints are off). If the learner dies, the driver restores
+the last complete checkpoint, puts the un-acked groups back in the queue and replays them,
+so every group ends up trained once in the final model's lineage. A run that cannot
+recover raises ``RunFailed`` with the reason (the CLI exits non-zero).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pyarrow as pa
+import ray
+
+from cluster.config import RunConfig, to_yaml
+from cluster.run_log import RunLog
+
+MAX_LEARNER_RESTARTS = 3
+STATE_FILE = "duet_state.json"
+
+
+class RunFailed(RuntimeError):
+    """The run stopped and could not recover; the message says why."""
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports (also written to summary.json)."""
+
+    steps: int = 0
+    policy_version: int = 0
+    rollouts: int = 0
+    wall_seconds: float = 0.0
+    eval: List[Dict[str, float]] = field(default_factory=list)
+    learner_restarts: int = 0
+    dropped: Dict[str, int] = field(default_factory=dict)
+    idle_fraction: Dict[str, float] = field(default_factory=dict)
+
+
+def split(total: int, parts: int) -> List[int]:
+    """``total`` items over ``parts`` workers as evenly as possible."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def start_ray(config: RunConfig) -> None:
+    """Join ``cluster.address`` or start a local Ray instance sized for the run's actors."""
+    if ray.is_initialized():
+        return
+    if config.cluster.address:
+        ray.init(address=config.cluster.address, log_to_driver=False)
+        return
+    needed = config.rollout.num_workers + config.learner.num_ranks
+    cpus = config.cluster.num_cpus or max(needed, os.cpu_count() or 1)
+    # Logical CPUs may exceed the cores: in sync mode rollout and learner take turns.
+    ray.init(num_cpus=max(cpus, needed), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+
+
+def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> list:
+    """One RolloutActor per ``rollout.num_workers``; waits until their engines are up."""
+    from actors.rollout import RolloutActor
+
+    # A fresh home per launch: a restarted actor reads only this launch's assignment.
+    home = Path(state_dir) / uuid.uuid4().hex[:12]
+    actors = [RolloutActor.remote(config, w, model_path, str(home))
+              for w in range(config.rollout.num_workers)]
+    ray.get([a.state.remote() for a in actors])
+    return actors
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    """Newest *complete* checkpoint (renamed into place, with its state file), if any."""
+    done = sorted(p for p in Path(folder).glob("step-*") if (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+class Driver:
+    """Runs one training run (or one arm of a comparison) on existing rollout actors."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, model_path: str, actors: list,
+                 progress: Optional[Callable[[Dict[str, object]], None]] = None,
+                 resume: bool = False) -> None:
+        self.config, self.run_dir, self.model_path = config, Path(run_dir), model_path
+        self.actors = actors
+        self.progress = progress or (lambda row: None)
+        self.resume = resume
+        self.log = RunLog(self.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.summary = RunSummary()
+        self._published: Optional[Tuple[object, list]] = None
+        self._unacked: List[int] = []
+        self._busy = {"rollout": 0.0, "learner": 0.0}
+
+    # ------------------------------------------------------------------ set-up
+
+    def _start(self) -> Tuple[int, int]:
+        """Start queue and learner (from the newest checkpoint when resuming)."""
+        from cluster.queue_actor import ReplayQueueActor
+        from learner.learner_actor import LearnerGroup
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
+        attempt = len(list((self.run_dir / "queue").glob("attempt-*")))
+        queue_name = f"duet-queue-{uuid.uuid4().hex[:12]}"
+        self.queue = ReplayQueueActor.options(name=queue_name).remote(
+            self.config.queue, str(self.run_dir / "queue" / f"attempt-{attempt}"))
+        ray.get([a.reset.remote(self.config, queue_name, str(self.run_dir / "state"))
+                 for a in self.actors])
+        ckpt = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        step, version = 0, 0
+        if ckpt is not None:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            step, version = state["step"], state["policy_version"]
+            self.learner = LearnerGroup(self.config, str(ckpt / "model"))
+            self.learner.call("load", str(ckpt), "ds")
+            ray.get([a.set_cursor.remote(c) for a, c in zip(self.actors, state["cursors"])])
+            self.summary.rollouts = state.get("rollouts", 0)
+            self.log.write("resume", step=step, policy_version=version, checkpoint=str(ckpt))
+        else:
+            self.learner = LearnerGroup(self.config, self.model_path)
+        return step, version
+
+    # ------------------------------------------------------------------ weights
+
+    def _sync_weights(self, version: int, wait: bool = True) -> Dict[str, float]:
+        start = time.perf_counter()
+        manifest, refs, gather_s = self.learner.publish(version)
+        self._published = (manifest, refs)
+        futures = [a.update_weights.remote(manifest, refs) for a in self.actors]
+        timings = {"sync_gather_s": gather_s, "sync_bytes": float(manifest.total_bytes)}
+        if wait:
+            per_actor = ray.get(futures)
+            for phase in ("transfer", "load", "verify"):
+                timings[f"sync_{phase}_s"] = max(t[phase] for t in per_actor)
+            timings["probe_max_abs_diff"] = max(t["probe_max_abs_diff"] for t in per_actor)
+        else:
+            self._sync_futures = futures
+        timings["sync_s"] = time.perf_counter() - start
+        return timings
+
+    def _resync_restarted_actors(self, version: int) -> None:
+        """A rollout actor Ray restarted comes back with its initial weights: resend them."""
+        states = ray.get([a.state.remote() for a in self.actors])
+        stale = [a for a, s in zip(self.actors, states) if s["policy_version"] != version]
+        if stale and self._published is not None:
+            manifest, refs = self._published
+            ray.get([a.update_weights.remote(manifest, refs) for a in stale])
+            self.log.write("rollout_resync", actors=len(stale), policy_version=version)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _launch(self, step: int, attempt_tag: str):
+        waiting = ray.get(self.queue.stats.remote())["waiting_groups"]
+        need = max(0, self.config.algo.prompts_per_step - waiting)
+        if need == 0:
+            return []
+        parts = split(need, len(self.actors))
+        return [a.generate.remote(n, f"{self.config.name}-{attempt_tag}-{step}")
+                for a, n in zip(self.actors, parts) if n]
+
+    def _collect(self, futures) -> Dict[str, float]:
+        stats = ray.get(futures)
+        out = {"generate_s": max((s.generate_seconds for s in stats), default=0.0),
+               "reward_s": max((s.reward_seconds for s in stats), default=0.0),
+               "queue_put_s": max((s.queue_seconds for s in stats), default=0.0),
+               "rollouts": float(sum(s.rollouts for s in stats)),
+               "completion_tokens": float(sum(s.completion_tokens for s in stats)),
+               "groups_put": float(sum(s.groups_put for s in stats)),
+               "groups_tied": float(sum(s.groups_tied for s in stats)),
+               "reward_flags": float(sum(s.reward_flags for s in stats))}
+        for s in stats:
+            self._busy["rollout"] += (s.generate_seconds + s.reward_seconds + s.queue_seconds) / len(self.actors)
+            for reason, n in s.groups_dropped.items():
+                self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
+        return out
+
+    def _take_step_batch(self, version: int) -> Tuple[Optional[pa.RecordBatch], List[int], Dict[str, float]]:
+        start = time.perf_counter()
+        delivery = ray.get(self.queue.get.remote(self.config.algo.prompts_per_step, version, 5.0))
+        info = {"queue_get_s": time.perf_counter() - start,
+                "staleness_max": float(max(delivery.staleness, default=0))}
+        if not delivery.offsets:
+            return None, [], info
+        batch = delivery.batch
+        ok = [all(s == "ok" for s in row) for row in batch.column("reward_status").to_pylist()]
+        bad = [o for o, good in zip(delivery.offsets, ok) if not good]
+        if bad:
+            ray.get(self.queue.drop.remote(bad, "reward_error"))
+            self.summary.dropped["reward_error"] = self.summary.dropped.get("reward_error", 0) + len(bad)
+            batch = batch.filter(pa.array(ok))
+        offsets = [o for o, good in zip(delivery.offsets, ok) if good]
+        return (batch if offsets else None), offsets, info
+
+    def _evaluate(self, step: int, version: int) -> Dict[str, float]:
+        result = ray.get(self.actors[0].evaluate.remote())
+        row = {"step": step, "policy_version": version, "accuracy": result["accuracy"],
+               "n": result["n"], "rollouts": self.summary.rollouts,
+               "wall_s": time.perf_counter() - self._t0}
+        self.summary.eval.append(row)
+        self.log.write("eval", **row)
+        self.progress({"kind": "eval", **row})
+        return row
+
+    def run(self) -> RunSummary:
+        from ray.exceptions import RayActorError
+
+        self._t0 = time.perf_counter()
+        step, version = self._start()
+        attempt = 0
+        self._sync_weights(version)
+        self._evaluate(step, version)
+        every = self.config.eval_every
+        pending = None
+        while step < self.config.steps and not self._out_of_budget():
+            try:
+                step, version, pending = self._one_step(step, version, pending, f"a{attempt}")
+            except (RayActorError, FloatingPointError) as err:
+                if isinstance(err, FloatingPointError):
+                    raise RunFailed(str(err)) from None
+                attempt += 1
+                step, version = self._recover(err, attempt)
+                pending = None
+                continue
+            if every and step % every == 0 and step < self.config.steps:
+                self._evaluate(step, version)
+        self._evaluate(step, version)
+        self._checkpoint(step, version)
+        return self._finish(step, version)
+
+    def _out_of_budget(self) -> bool:
+        c = self.config
+        if c.max_rollouts and self.summary.rollouts >= c.max_rollouts:
+            return True
+        return bool(c.max_wall_seconds) and time.perf_counter() - self._t0 >= c.max_wall_seconds
+
+    def _one_step(self, step: int, version: int, pending, tag: str):
+        async_mode = self.config.cluster.mode == "async"
+        row: Dict[str, object] = {"step": step + 1}
+        t_step = time.perf_counter()
+        if pending is None:
+            self._resync_restarted_actors(version)
+            pending = self._launch(step, tag)
+        t = time.perf_counter()
+        row.update(self._collect(pending))
+        if getattr(self, "_sync_futures", None):
+            ray.get(self._sync_futures)  # async: surface a failed sync before going on
+            self._sync_futures = None
+        row["wait_rollout_s"] = time.perf_counter() - t
+        batch, offsets, info = self._take_step_batch(version)
+        row.update(info)
+        pending = None
+        if async_mode and step + 1 < self.config.steps:
+            pending = self._launch(step + 1, tag)  # engines sample while the learner trains
+        if batch is not None:
+            metrics = self.learner.train_step(batch)
+            self._busy["learner"] += metrics["learner_seconds"]
+            row.update({k: v for k, v in metrics.items()})
+            version += 1
+            row.update(self._sync_weights(version, wait=not async_mode))
+            self._unacked.extend(offsets)
+        self.summary.rollouts += int(row["rollouts"])
+        step += 1
+        if not self.config.checkpoint_every:
+            ray.get(self.queue.ack.remote(self._unacked))
+            self._unacked = []
+        elif step % self.config.checkpoint_every == 0:
+            self._checkpoint(step, version)
+        elapsed = time.perf_counter() - self._t0
+        row.update({"policy_version": version, "rollouts_total": self.summary.rollouts,
+                    "wall_s": elapsed, "step_s": time.perf_counter() - t_step,
+                    "tokens_per_s": row.get("completion_tokens", 0.0) / max(row.get("generate_s", 0.0), 1e-9)})
+        self.log.write("step", **row)
+        self.progress({"kind": "step", **row})
+        return step, version, pending
+
+    # ------------------------------------------------------------------ checkpoints, recovery
+
+    def _checkpoint(self, step: int, version: int) -> Path:
+        """Write a checkpoint atomically (temp folder, then rename), then ack its groups."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        final = self.ckpt_dir / f"step-{step:06d}"
+        tmp = self.ckpt_dir / f".tmp-step-{step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.learner.call("save", str(tmp), "ds", self.model_path)
+        cursors = [s["cursor"] for s in ray.get([a.state.remote() for a in self.actors])]
+        state = {"step": step, "policy_version": version, "cursors": cursors,
+                 "rollouts": self.summary.rollouts, "time": time.time()}
+        with open(tmp / STATE_FILE, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if self._unacked:
+            ray.get(self.queue.ack.remote(self._unacked))
+            self._unacked = []
+        kept = sorted(self.ckpt_dir.glob("step-*"))
+        for old in kept[:-self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.log.write("checkpoint", step=step, policy_version=version, path=str(final))
+        return final
+
+    def _recover(self, err: Exception, attempt: int) -> Tuple[int, int]:
+        """Restart the learner group from the newest complete checkpoint and replay."""
+        from learner.learner_actor import LearnerGroup
+
+        self.summary.learner_restarts += 1
+        if attempt > MAX_LEARNER_RESTARTS:
+            raise RunFailed(f"learner failed {attempt} times; last error: {err}") from None
+        self.learner.kill()
+        ckpt = latest_checkpoint(self.ckpt_dir)
+        if ckpt is None:
+            step, version, path = 0, 0, self.model_path
+        else:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            step, version, path = state["step"], state["policy_version"], str(ckpt / "model")
+        self.learner = LearnerGroup(self.config, path)
+        if ckpt is not None:
+            self.learner.call("load", str(ckpt), "ds")
+        requeued = ray.get(self.queue.requeue_inflight.remote())
+        self._unacked = []
+        self._sync_weights(version)
+        self.log.write("learner_restart", attempt=attempt, from_step=step, requeued=requeued,
+                       error=str(err)[:500])
+        return step, version
+
+    def _finish(self, step: int, version: int) -> RunSummary:
+        wall = time.perf_counter() - self._t0
+        self.summary.steps, self.summary.policy_version = step, version
+        self.summary.wall_seconds = wall
+        self.summary.idle_fraction = {role: max(0.0, 1 - busy / wall)
+                                      for role, busy in self._busy.items()}
+        queue_stats = ray.get(self.queue.stats.remote())
+        for reason, n in queue_stats["dropped"].items():
+            if reason not in ("reward_error",):
+                self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
+        self.log.write("summary", **{k: v for k, v in self.summary.__dict__.items()
+                                     if not isinstance(v, (list, dict))})
+        self.log.finish()
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary.__dict__, indent=1))
+        self.learner.kill()
+        ray.kill(self.queue)
+        return self.summary

@@ -1,0 +1,132 @@
+"""The embedded default's starting policy: the tiny model after a short supervised warm start.
+
+A randomly initialised model never answers "37+45=" correctly, so RL has nothing to
+reinforce. duet trains it supervised on the task's own training stream (prompt -> answer,
+then end-of-sequence) for a fixed number of steps, which on the default task lands between
+10% and 40% greedy held-out accuracy: weak enough to improve, strong enough to sample
+correct answers. The result is cached by everything that determines it (model shape, task,
+seed, steps), so it is built once per machine and both arms of a comparison start from the
+very same weights. Deterministic: fixed seed, fixed steps, single thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+
+from cluster.embedded import TINY_MODEL, TinyModelSpec, build_model, build_tokenizer, save_model_folder
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Supervised warm-start recipe for the embedded model."""
+
+    steps: int = 1800
+    """Optimizer steps of supervised training."""
+    batch_size: int = 64
+    """Examples per step."""
+    lr: float = 3e-3
+    """AdamW learning rate."""
+    seed: int = 0
+    """Seed for initialisation and the example stream."""
+
+
+WARM_START = WarmStart()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DUET_CACHE", Path.home() / ".cache" / "duet"))
+
+
+def cache_key(spec: TinyModelSpec, recipe: WarmStart, digits: int) -> str:
+    text = json.dumps({"spec": asdict(spec), "recipe": asdict(recipe), "digits": digits,
+                       "format": 1}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _encode(tokenizer, texts: List[str]) -> List[List[int]]:
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, prompts, max_new_tokens: int = 6) -> float:
+    """Greedy exact-match accuracy on prompts (batched, left-padded decoding)."""
+    from actors.tasks.arithmetic import verify
+
+    ids = _encode(tokenizer, [p.text for p in prompts])
+    width = max(len(i) for i in ids)
+    pad = tokenizer.pad_token_id
+    batch = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+    attn = (torch.arange(width)[None, :] >= torch.tensor([width - len(i) for i in ids])[:, None])
+    out = model.generate(batch, attention_mask=attn.long(), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return sum(verify(t, p.answer) for t, p in zip(texts, prompts)) / len(prompts)
+
+
+def train_warm_start(folder: Path, digits: int, spec: TinyModelSpec = TINY_MODEL,
+                     recipe: WarmStart = WARM_START,
+                     progress: Optional[Callable[[int, float], None]] = None) -> Path:
+    """Supervised training on the arithmetic task; saves the model folder atomically."""
+    from actors.tasks.arithmetic import ArithmeticTask
+
+    torch.manual_seed(recipe.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same arithmetic every time, on any machine size
+    try:
+        task = ArithmeticTask(digits=digits, seed=recipe.seed)
+        tokenizer = build_tokenizer()
+        model = build_model(spec, seed=recipe.seed)
+        optim = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
+        eos = tokenizer.eos_token_id
+        position = 0
+        loss = torch.tensor(0.0)
+        for step in range(recipe.steps):
+            prompts = [task.train(position + i) for i in range(recipe.batch_size)]
+            position += recipe.batch_size
+            rows, targets = [], []
+            for p in prompts:
+                prompt = _encode(tokenizer, [p.text])[0]
+                answer = _encode(tokenizer, [p.answer])[0] + [eos]
+                rows.append(prompt + answer)
+                targets.append([-100] * len(prompt) + answer)
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
+            labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+            loss = model(input_ids=ids, labels=labels).loss
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            if progress and (step + 1) % 100 == 0:
+                progress(step + 1, float(loss.detach()))
+        model.eval()
+        accuracy = greedy_accuracy(model, tokenizer, task.eval_set())
+    finally:
+        torch.set_num_threads(threads)
+    return save_model_folder(model, tokenizer, folder, extra={
+        "stage": "warm_start", "spec": asdict(spec), "recipe": asdict(recipe),
+        "digits": digits, "held_out_greedy_accuracy": accuracy, "final_loss": float(loss.detach()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def prepare_embedded(digits: int, progress: Optional[Callable[[str], None]] = None,
+                     recipe: WarmStart = WARM_START) -> Path:
+    """The cached warm-started embedded model, built on first use."""
+    folder = cache_root() / "models" / f"tiny-{cache_key(TINY_MODEL, recipe, digits)}"
+    if (folder / "duet.json").exists():
+        return folder
+    say = progress or (lambda msg: None)
+    say(f"building the embedded model (one-off supervised warm start, {recipe.steps} steps) "
+        f"into {folder}")
+    train_warm_start(folder, digits, recipe=recipe,
+                     progress=lambda s, l: say(f"warm start step {s}/{recipe.steps} loss {l:.3f}"))
+    info = json.loads((folder / "duet.json").read_text())
+    say(f"warm start done: held-out greedy accuracy {info['held_out_greedy_accuracy']:.1%}")
+    return folder
