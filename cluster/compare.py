@@ -84,7 +84,7 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
     model_path = resolve_model(base, say)
     say(f"starting {base.rollout.num_workers} rollout engine(s) on {model_path}")
     widest = max(configs.values(), key=lambda c: c.algo.group_size)
-    actors = start_rollouts(widest, model_path, out_dir / "engines")
+    actors = start_rollouts(widest, str(model_path), out_dir / "engines")
     results: Dict[str, object] = {}
     for arm, config in configs.items():
         say(f"arm {arm}: {config.algo.prompts_per_step} prompts x {config.algo.group_size} "

@@ -14,6 +14,7 @@ import difflib
 import inspect
 import math
 import os
+import re
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -403,6 +404,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; returns it (ints widened to float)."""
     origin = typing.get_origin(tp)
@@ -438,6 +442,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise wrong
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise ConfigError(key, "must be a finite number", value=value)

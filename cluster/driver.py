@@ -101,6 +101,8 @@ class Driver:
         self.progress = progress or (lambda row: None)
         self.resume = resume
         self.log = RunLog(self.run_dir)
+        # Per-group accounting: which step trained each group, or why it was dropped.
+        self.ledger = RunLog(self.run_dir, "ledger")
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.summary = RunSummary()
         self._published: Optional[Tuple[object, list]] = None
@@ -185,6 +187,8 @@ class Driver:
                "groups_tied": float(sum(s.groups_tied for s in stats)),
                "reward_flags": float(sum(s.reward_flags for s in stats))}
         for s in stats:
+            for reason, ids in s.dropped_ids.items():
+                self.ledger.write("dropped", reason=reason, group_ids=ids)
             self._busy["rollout"] += (s.generate_seconds + s.reward_seconds + s.queue_seconds) / len(self.actors)
             for reason, n in s.groups_dropped.items():
                 self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
@@ -195,6 +199,8 @@ class Driver:
         delivery = ray.get(self.queue.get.remote(self.config.algo.prompts_per_step, version, 5.0))
         info = {"queue_get_s": time.perf_counter() - start,
                 "staleness_max": float(max(delivery.staleness, default=0))}
+        if delivery.stale_ids:
+            self.ledger.write("dropped", reason="stale", group_ids=delivery.stale_ids)
         if not delivery.offsets:
             return None, [], info
         batch = delivery.batch
@@ -202,6 +208,9 @@ class Driver:
         bad = [o for o, good in zip(delivery.offsets, ok) if not good]
         if bad:
             ray.get(self.queue.drop.remote(bad, "reward_error"))
+            ids = batch.column("group_id").to_pylist()
+            self.ledger.write("dropped", reason="reward_error",
+                              group_ids=[i for i, good in zip(ids, ok) if not good])
             self.summary.dropped["reward_error"] = self.summary.dropped.get("reward_error", 0) + len(bad)
             batch = batch.filter(pa.array(ok))
         offsets = [o for o, good in zip(delivery.offsets, ok) if good]
@@ -269,6 +278,8 @@ class Driver:
             pending = self._launch(step + 1, tag)  # engines sample while the learner trains
         if batch is not None:
             metrics = self.learner.train_step(batch)
+            self.ledger.write("trained", step=step + 1, attempt=tag,
+                              group_ids=batch.column("group_id").to_pylist())
             self._busy["learner"] += metrics["learner_seconds"]
             row.update({k: v for k, v in metrics.items()})
             version += 1
@@ -354,6 +365,7 @@ class Driver:
         self.log.write("summary", **{k: v for k, v in self.summary.__dict__.items()
                                      if not isinstance(v, (list, dict))})
         self.log.finish()
+        self.ledger.close()
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary.__dict__, indent=1))
         self.learner.kill()
         ray.kill(self.queue)

@@ -48,6 +48,7 @@ class Delivery:
     offsets: List[int]
     batch: pa.RecordBatch  # rows in offset order, GROUP_SCHEMA
     staleness: List[int] = field(default_factory=list)
+    stale_ids: List[str] = field(default_factory=list)  # dropped by this call as too old
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -261,9 +262,10 @@ class ReplayQueue:
             self.ack(ack)
         start = time.monotonic()
         deadline = start + timeout
+        stale: List[str] = []
         with self._lock:
             while True:
-                picked = self._pick(max_groups, consumer_version)
+                picked = self._pick(max_groups, consumer_version, stale)
                 remaining = deadline - time.monotonic()
                 if picked or remaining <= 0 or self._closed:
                     break
@@ -273,9 +275,10 @@ class ReplayQueue:
         for s in staleness:
             self._metrics["duet_queue_staleness"].observe(s)
         self._metrics["duet_queue_get_seconds"].observe(time.monotonic() - start)
-        return Delivery([e.offset for e in picked], _gather(picked), staleness)
+        return Delivery([e.offset for e in picked], _gather(picked), staleness, stale)
 
-    def _pick(self, max_groups: int, consumer_version: int) -> List[_Entry]:
+    def _pick(self, max_groups: int, consumer_version: int, stale_ids: List[str]
+              ) -> List[_Entry]:
         picked: List[_Entry] = []
         stale: List[_Entry] = []
         while self._waiting and len(picked) < max_groups:
@@ -286,6 +289,7 @@ class ReplayQueue:
             self._inflight[entry.offset] = entry
             picked.append(entry)
         if stale:
+            stale_ids.extend(e.source.column("group_id")[e.index].as_py() for e in stale)
             self._finish(stale, reason="stale")
         return picked
 

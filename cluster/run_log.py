@@ -32,6 +32,10 @@ class RunLog:
         self._fh.flush()
         return row
 
+    def close(self) -> None:
+        """Close the log, keeping only the JSON lines (for rows with list fields)."""
+        self._fh.close()
+
     def finish(self) -> None:
         """Close the log and write ``<name>.csv`` and ``<name>.parquet`` beside it."""
         self._fh.close()

@@ -39,6 +39,13 @@ def test_yaml_round_trip(tmp_path):
     assert again.algo.dual_clip == 3.0 and isinstance(again.algo.dual_clip, float)
 
 
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lr: 1e-4\n")  # YAML 1.1 would read a string
+    assert load_config(path, ["algo.eps=1e-8"]).learner.lr == 1e-4
+    assert load_config(None, ["learner.lr=3E-5"]).learner.lr == 3e-5
+
+
 def test_file_plus_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algo:\n  group_size: 16\n  prompts_per_step: 4\nlearner:\n  lr: 1.0e-6\n")
@@ -65,11 +72,11 @@ def test_unknown_section_suggests_closest():
 
 def test_wrong_type_names_key_and_value(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("learner:\n  lr: 1e-4\n")  # YAML 1.1 reads 1e-4 as a string
+    path.write_text("learner:\n  lr: fast\n")
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert f"{path}:2:" in str(err.value)
-    assert "'learner.lr': expected float (got '1e-4')" in str(err.value)
+    assert "'learner.lr': expected float (got 'fast')" in str(err.value)
     with pytest.raises(ConfigError, match=r"'algo.group_size': expected int \(got True\)"):
         load_config(None, ["algo.group_size=true"])
     with pytest.raises(ConfigError, match=r"'algo.advantage'.*did you mean 'grpo'"):
