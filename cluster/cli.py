@@ -68,8 +68,9 @@ class Progress:
     def __call__(self, row: Dict[str, object]) -> None:
         if row["kind"] == "eval":
             self.last_acc = float(row["accuracy"])
-            line = (f"{self.label}eval @ step {row['step']}: held-out accuracy "
-                    f"{self.last_acc:.1%} ({row['n']} prompts)")
+            line = (f"{self.label}eval @ step {row['step']}: held-out greedy accuracy "
+                    f"{self.last_acc:.1%}, mean@{row['k']} {row['mean_at_k']:.1%} "
+                    f"({row['n']} prompts)")
             self._print(line)
             return
         step = int(row["step"])
@@ -184,10 +185,9 @@ def cmd_eval(args) -> int:
     actors = start_rollouts(config, str(model), _run_dir(config) / "engines")
     import ray
 
-    greedy = ray.get(actors[0].evaluate.remote())
-    result = {"model": str(model), "greedy_accuracy": greedy["accuracy"], "n": greedy["n"]}
-    if args.k > 1:
-        result[f"mean@{args.k}"] = ray.get(actors[0].evaluate.remote(None, args.k, False))["accuracy"]
+    got = ray.get(actors[0].evaluate.remote(None, args.k))
+    result = {"model": str(model), "greedy_accuracy": got["accuracy"],
+              f"mean@{got['k']}": got["mean_at_k"], "n": got["n"]}
     print(json.dumps(result))
     return 0
 
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="held-out accuracy of a model")
     common(evaluate)
     evaluate.add_argument("--model", default=None, help="model folder (default: model.path)")
-    evaluate.add_argument("-k", type=int, default=1, help="also report mean@k with sampling")
+    evaluate.add_argument("-k", type=int, default=None,
+                          help="samples per prompt for mean@k (default: rollout.eval_k)")
     evaluate.set_defaults(func=cmd_eval)
 
     report = sub.add_parser("report", help="rebuild report.md/png from a compare run")

@@ -152,6 +152,14 @@ class RolloutConfig:
     (2-GRPO+RS: draw fresh prompts to refill the step's quota of informative groups)."""
     resample_budget: float = 8.0
     """With 'resample': at most this many times a step's nominal rollouts may be drawn."""
+    eval_k: int = 8
+    """Samples per held-out prompt for mean@k (besides greedy accuracy)."""
+    eval_temperature: float = 0.7
+    """Sampling temperature for mean@k (the paper evaluates at 0.7)."""
+    eval_top_p: float = 0.8
+    """Top-p for mean@k (the paper: 0.8)."""
+    eval_top_k: int = 20
+    """Top-k for mean@k (the paper: 20; -1 disables)."""
     gpu_memory_utilization: float = 0.2
     """vLLM memory fraction; on CPU it is the share of the NUMA node's memory for KV cache."""
     kv_cache_gib: int = 1
@@ -167,6 +175,12 @@ class RolloutConfig:
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
         _require(self.reward_timeout_s > 0, "reward_timeout_s", self.reward_timeout_s,
                  "must be > 0")
+        _require(self.eval_k >= 1, "eval_k", self.eval_k, "must be >= 1")
+        _require(self.eval_temperature > 0, "eval_temperature", self.eval_temperature,
+                 "must be > 0")
+        _require(0 < self.eval_top_p <= 1, "eval_top_p", self.eval_top_p, "must be in (0, 1]")
+        _require(self.eval_top_k == -1 or self.eval_top_k >= 1, "eval_top_k", self.eval_top_k,
+                 "must be -1 or >= 1")
         _require(self.reward_workers >= 1, "reward_workers", self.reward_workers, "must be >= 1")
         _require(self.resample_budget >= 1, "resample_budget", self.resample_budget,
                  "must be >= 1")

@@ -219,6 +219,7 @@ class Driver:
     def _evaluate(self, step: int, version: int) -> Dict[str, float]:
         result = ray.get(self.actors[0].evaluate.remote())
         row = {"step": step, "policy_version": version, "accuracy": result["accuracy"],
+               "mean_at_k": result["mean_at_k"], "k": result["k"],
                "n": result["n"], "rollouts": self.summary.rollouts,
                "wall_s": time.perf_counter() - self._t0}
         self.summary.eval.append(row)

@@ -2,8 +2,9 @@
 
 A randomly initialised model never answers "37+45=" correctly, so RL has nothing to
 reinforce. duet trains it supervised on the task's own training stream (prompt -> answer,
-then end-of-sequence) for a fixed number of steps, which on the default task lands between
-10% and 40% greedy held-out accuracy: weak enough to improve, strong enough to sample
+then end-of-sequence) for a fixed number of steps with a linearly decaying learning rate,
+which on the default task lands near 40% greedy held-out accuracy (measured: 41.5%) and
+about 10% sampled at temperature 1: weak enough to improve, strong enough to sample
 correct answers. The result is cached by everything that determines it (model shape, task,
 seed, steps), so it is built once per machine and both arms of a comparison start from the
 very same weights. Deterministic: fixed seed, fixed steps, single thread.
@@ -28,8 +29,8 @@ from cluster.embedded import TINY_MODEL, TinyModelSpec, build_model, build_token
 class WarmStart:
     """Supervised warm-start recipe for the embedded model."""
 
-    steps: int = 1800
-    """Optimizer steps of supervised training."""
+    steps: int = 1500
+    """Optimizer steps of supervised training (learning rate decays linearly to 0)."""
     batch_size: int = 64
     """Examples per step."""
     lr: float = 3e-3
@@ -47,7 +48,7 @@ def cache_root() -> Path:
 
 def cache_key(spec: TinyModelSpec, recipe: WarmStart, digits: int) -> str:
     text = json.dumps({"spec": asdict(spec), "recipe": asdict(recipe), "digits": digits,
-                       "format": 1}, sort_keys=True)
+                       "format": 2}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -85,6 +86,10 @@ def train_warm_start(folder: Path, digits: int, spec: TinyModelSpec = TINY_MODEL
         tokenizer = build_tokenizer()
         model = build_model(spec, seed=recipe.seed)
         optim = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
+        # Annealing to 0 leaves a settled policy: RL then starts from a stable point rather
+        # than from wherever a constant-rate run happened to stop.
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optim, lambda step: max(0.0, 1 - step / recipe.steps))
         eos = tokenizer.eos_token_id
         position = 0
         loss = torch.tensor(0.0)
@@ -104,6 +109,7 @@ def train_warm_start(folder: Path, digits: int, spec: TinyModelSpec = TINY_MODEL
             optim.zero_grad()
             loss.backward()
             optim.step()
+            schedule.step()
             if progress and (step + 1) % 100 == 0:
                 progress(step + 1, float(loss.detach()))
         model.eval()

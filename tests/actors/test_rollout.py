@@ -105,7 +105,7 @@ def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     prompts = ArithmeticTask().eval_set()[:8]
-    engine = ray.get(actor._sample.remote(prompts, [None] * 8, 1, True))[1]
+    engine = ray.get(actor._sample.remote(prompts, [None] * 8, 1, "greedy"))[1]
     got = [list(o.outputs[0].token_ids) for o in engine]
     want = greedy_hf(updated, tokenizer, [p.text for p in prompts], 6)
     assert got == want

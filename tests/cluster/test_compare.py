@@ -29,9 +29,10 @@ def test_compare_end_to_end_report_matches_metrics(tmp_path):
         assert n["steps"] == 3 and n["rollouts"] == 3 * 64
         row = re.search(rf"^\| {arm}-GRPO \| (.*)$", report, re.M).group(1).split(" | ")
         assert row[0] == "3"
-        assert row[1] == f"{n['accuracy_start']:.1%}" and row[2] == f"{n['accuracy_end']:.1%}"
-        assert row[4] == f"{n['rollouts']:.0f}" and row[5] == f"{n['wall_seconds']:.1f}"
-        assert row[6] == f"{n['informative_fraction']:.1%}"
+        assert row[1] == f"{n['mean_at_k_start']:.1%}" and row[2] == f"{n['mean_at_k_end']:.1%}"
+        assert row[3] == f"{n['accuracy_start']:.1%}" and row[4] == f"{n['accuracy_end']:.1%}"
+        assert row[6] == f"{n['rollouts']:.0f}" and row[7] == f"{n['wall_seconds']:.1f}"
+        assert row[8] == f"{n['informative_fraction']:.1%}"
     two, sixteen = arm_numbers(run / "arm-2"), arm_numbers(run / "arm-16")
     ratio = two["wall_seconds"] / sixteen["wall_seconds"]
     assert f"| training wall time | {ratio:.1%} |" in report
