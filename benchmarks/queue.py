@@ -11,7 +11,9 @@ back in one run on one Ray instance:
 - ``ipc``: Arrow IPC serialise + deserialise of the same batch in-process (no transport, the
   floor any Arrow path pays);
 - ``pickle``: the same data as Python lists of dicts through a plain Ray actor (put, get),
-  which is how peer systems ship rollouts.
+  which is how peer systems ship rollouts, then padded into the same tensors.
+
+Every path ends where the learner starts: padded (B, T) tensors and rewards (P, G).
 
 Ratios: ``groups_per_s_vs_pickle`` (goal >= 5) and ``groups_per_s_vs_ipc``. The queue's share
 of a learner step is its per-step time over a forward + backward + AdamW step of the embedded
@@ -47,6 +49,26 @@ def make_groups(group_size: int, completion_tokens: int, seed: int = 0) -> List[
 
 def as_python(groups: List[Group]) -> List[Dict]:
     return [dict(g.__dict__) for g in groups]
+
+
+def lists_to_tensors(rows: List[Dict]) -> Dict[str, "torch.Tensor"]:
+    """Padded tensors from Python rows, as a list-based pipeline builds them."""
+    import torch
+
+    seqs, logps, masks = [], [], []
+    for row in rows:
+        for tokens, lp in zip(row["completion_token_ids"], row["behaviour_logprobs"]):
+            prompt = row["prompt_token_ids"]
+            seqs.append(prompt + tokens)
+            logps.append([0.0] * len(prompt) + lp)
+            masks.append([0] * len(prompt) + [1] * len(tokens))
+    width = max(len(s) for s in seqs)
+    return {
+        "input_ids": torch.tensor([s + [0] * (width - len(s)) for s in seqs]),
+        "behaviour_logprobs": torch.tensor([s + [0.0] * (width - len(s)) for s in logps]),
+        "completion_mask": torch.tensor([s + [0] * (width - len(s)) for s in masks]),
+        "rewards": torch.tensor([row["rewards"] for row in rows]),
+    }
 
 
 def ipc_round_trip(batch: pa.RecordBatch) -> pa.Table:
@@ -133,7 +155,7 @@ def main() -> None:
 
             def via_pickle() -> None:
                 ray.get(pickled.put.remote(python_rows))
-                ray.get(pickled.get.remote(len(python_rows)))
+                lists_to_tensors(ray.get(pickled.get.remote(len(python_rows))))
 
             def via_ipc() -> None:
                 to_tensors(ipc_round_trip(batch).to_batches()[0])
