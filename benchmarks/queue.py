@@ -51,7 +51,7 @@ def as_python(groups: List[Group]) -> List[Dict]:
     return [dict(g.__dict__) for g in groups]
 
 
-def lists_to_tensors(rows: List[Dict]) -> Dict[str, "torch.Tensor"]:
+def lists_to_tensors(rows: List[Dict]) -> Dict[str, object]:
     """Padded tensors from Python rows, as a list-based pipeline builds them."""
     import torch
 

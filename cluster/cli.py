@@ -102,12 +102,12 @@ def _run_dir(config: RunConfig) -> Path:
 
 
 def _resource_plan(config: RunConfig) -> str:
-    a, r, l = config.algo, config.rollout, config.learner
+    a, r, lrn = config.algo, config.rollout, config.learner
     return "\n".join([
         "resource plan:",
         f"  rollout actors : {r.num_workers} (one vLLM engine each)",
-        f"  learner ranks  : {l.num_ranks} (DeepSpeed ZeRO-{l.zero_stage}, one GPU each on GPU)",
-        f"  GPUs           : {r.num_workers + l.num_ranks} (rollout + learner, when on GPU)",
+        f"  learner ranks  : {lrn.num_ranks} (DeepSpeed ZeRO-{lrn.zero_stage}, one GPU each on GPU)",
+        f"  GPUs           : {r.num_workers + lrn.num_ranks} (rollout + learner, when on GPU)",
         f"  replay queue   : 1 actor, {config.queue.capacity_groups} groups / "
         f"{config.queue.capacity_bytes / 2**20:.0f} MiB, max staleness {config.queue.max_staleness}",
         f"  batch geometry : {a.prompts_per_step} prompts x {a.group_size} = "
@@ -115,7 +115,7 @@ def _resource_plan(config: RunConfig) -> str:
         f"{a.ppo_epochs} epoch(s)",
         f"  tokens / step  : up to {a.rollouts_per_step * (r.max_new_tokens):,} completion tokens",
         f"  steps          : {config.steps} ({config.steps * a.rollouts_per_step:,} rollouts)",
-        f"  mode           : {config.cluster.mode}, lr {l.lr:g}, clip {a.clip_low}/{a.clip_high}",
+        f"  mode           : {config.cluster.mode}, lr {lrn.lr:g}, clip {a.clip_low}/{a.clip_high}",
     ])
 
 

@@ -47,6 +47,7 @@ class RunSummary:
     policy_version: int = 0
     rollouts: int = 0
     wall_seconds: float = 0.0
+    setup_seconds: float = 0.0
     eval: List[Dict[str, float]] = field(default_factory=list)
     learner_restarts: int = 0
     dropped: Dict[str, int] = field(default_factory=dict)
@@ -189,7 +190,8 @@ class Driver:
         for s in stats:
             for reason, ids in s.dropped_ids.items():
                 self.ledger.write("dropped", reason=reason, group_ids=ids)
-            self._busy["rollout"] += (s.generate_seconds + s.reward_seconds + s.queue_seconds) / len(self.actors)
+            busy = s.generate_seconds + s.reward_seconds + s.queue_seconds
+            self._busy["rollout"] += busy / len(self.actors)
             for reason, n in s.groups_dropped.items():
                 self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
         return out
@@ -230,10 +232,13 @@ class Driver:
     def run(self) -> RunSummary:
         from ray.exceptions import RayActorError
 
-        self._t0 = time.perf_counter()
+        setup_start = time.perf_counter()
         step, version = self._start()
         attempt = 0
         self._sync_weights(version)
+        # Wall time counts training only, so arms with different start-up costs compare fairly.
+        self._t0 = time.perf_counter()
+        self.summary.setup_seconds = self._t0 - setup_start
         self._evaluate(step, version)
         every = self.config.eval_every
         pending = None
@@ -296,7 +301,8 @@ class Driver:
         elapsed = time.perf_counter() - self._t0
         row.update({"policy_version": version, "rollouts_total": self.summary.rollouts,
                     "wall_s": elapsed, "step_s": time.perf_counter() - t_step,
-                    "tokens_per_s": row.get("completion_tokens", 0.0) / max(row.get("generate_s", 0.0), 1e-9)})
+                    "tokens_per_s": (row.get("completion_tokens", 0.0)
+                                     / max(row.get("generate_s", 0.0), 1e-9))})
         self.log.write("step", **row)
         self.progress({"kind": "step", **row})
         return step, version, pending

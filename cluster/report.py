@@ -111,13 +111,15 @@ def write_report(run_dir: Path, title: str = "duet: 2-GRPO vs 16-GRPO") -> Path:
             f"Paper: {PAPER['source']}.",
             "",
             "What differs here: a ~0.8M-parameter model warm-started on synthetic 2-digit "
-            "addition instead of Qwen2.5-Math on MATH; a few hundred rollouts per step instead "
-            "of 512; CPU engines; both arms run the same number of steps with the same "
+            f"addition instead of Qwen2.5-Math on MATH; {_rollouts_per_step(arms)} rollouts "
+            "per step instead of 512; CPU engines; both arms run the same number of steps with the same "
             "rollouts per step, so — unlike the paper, whose 2-GRPO arm also used 1/8 of the "
             "rollouts over its training — the time ratio here measures per-rollout cost, not "
             "a smaller rollout budget. On a tiny model generation is cheap, so the paper's "
             "time savings, which come from generating fewer long completions, mostly do not "
-            "show; the accuracy ratio is the comparable figure.",
+            "show; the accuracy ratio is the comparable figure. Wall time counts training "
+            "and evaluation from the first evaluation on (engine and learner start-up "
+            "excluded).",
             "",
         ]
     lines += ["![accuracy against rollouts and wall time](report.png)", "",
@@ -137,6 +139,16 @@ def _pct(value: Optional[float]) -> str:
 
 def _fmt(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.1%}"
+
+
+def _rollouts_per_step(arms: Dict[str, Path]) -> str:
+    import yaml
+
+    for folder in arms.values():
+        if (folder / "config.yaml").exists():
+            c = yaml.safe_load((folder / "config.yaml").read_text())["algo"]
+            return str(c["prompts_per_step"] * c["group_size"])
+    return "fewer"
 
 
 def _config_note(arms: Dict[str, Path]) -> str:

@@ -22,7 +22,13 @@ from typing import Callable, List, Optional
 
 import torch
 
-from cluster.embedded import TINY_MODEL, TinyModelSpec, build_model, build_tokenizer, save_model_folder
+from cluster.embedded import (
+    TINY_MODEL,
+    TinyModelSpec,
+    build_model,
+    build_tokenizer,
+    save_model_folder,
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ def prepare_embedded(digits: int, progress: Optional[Callable[[str], None]] = No
     say(f"building the embedded model (one-off supervised warm start, {recipe.steps} steps) "
         f"into {folder}")
     train_warm_start(folder, digits, recipe=recipe,
-                     progress=lambda s, l: say(f"warm start step {s}/{recipe.steps} loss {l:.3f}"))
+                     progress=lambda s, loss: say(f"warm start step {s}/{recipe.steps} loss {loss:.3f}"))
     info = json.loads((folder / "duet.json").read_text())
     say(f"warm start done: held-out greedy accuracy {info['held_out_greedy_accuracy']:.1%}")
     return folder

@@ -3,7 +3,6 @@
 One engine is shared by the module's tests (an engine start costs ~30 s on 2 cores).
 """
 
-import math
 import os
 import signal
 import time
@@ -12,7 +11,7 @@ import pytest
 import ray
 import torch
 
-from cluster.config import QueueConfig, load_config
+from cluster.config import load_config
 from cluster.schema import to_tensors
 from cluster.weight_sync import WeightSyncError, build_manifest, pack_buckets
 
@@ -152,7 +151,7 @@ def test_sigkill_mid_run_resumes_from_cursor_without_duplicates(setup):
     pending = [actor.generate.remote(4, f"req-{i}") for i in range(3)]
     time.sleep(1.0)
     os.kill(start["pid"], signal.SIGKILL)
-    stats = ray.get(pending, timeout=600)  # retried on the restarted actor
+    ray.get(pending, timeout=600)  # retried on the restarted actor
     after = ray.get(actor.state.remote())
     assert after["pid"] != start["pid"]
     d = drain(queue)

@@ -3,7 +3,6 @@
 One rollout engine is shared by the module's runs (the driver reassigns it per run).
 """
 
-import json
 import os
 import shutil
 import signal
@@ -12,7 +11,6 @@ import time
 
 import pytest
 import ray
-import torch
 from safetensors.torch import load_file
 
 from cluster.config import load_config

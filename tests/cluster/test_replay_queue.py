@@ -1,6 +1,5 @@
 """ReplayQueue without Ray: round trips, backpressure, staleness, durability, exactly-once."""
 
-import os
 import threading
 import time
 
@@ -142,7 +141,7 @@ def test_get_waits_for_a_producer():
 def test_requeue_inflight_redelivers_in_order():
     queue = make_queue()
     queue.put(build_batch(groups(4)))
-    first = queue.get(2, 0)
+    queue.get(2, 0)
     assert queue.requeue_inflight() == 2
     again = queue.get(4, 0)
     assert again.offsets == [0, 1, 2, 3]

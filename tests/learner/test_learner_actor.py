@@ -1,7 +1,6 @@
 """DeepSpeed ZeRO learner ranks (real DeepSpeed on gloo, real Ray) against a torch reference."""
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
