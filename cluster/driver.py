@@ -317,8 +317,13 @@ class Driver:
         shutil.rmtree(tmp, ignore_errors=True)
         self.learner.call("save", str(tmp), "ds", self.model_path)
         cursors = [s["cursor"] for s in ray.get([a.state.remote() for a in self.actors])]
+        queue = ray.get(self.queue.stats.remote())
         state = {"step": step, "policy_version": version, "cursors": cursors,
-                 "rollouts": self.summary.rollouts, "time": time.time()}
+                 "rollouts": self.summary.rollouts, "time": time.time(),
+                 # This attempt's queue offsets: groups up to "trained_through" are in this
+                 # checkpoint (acked just below); later ones are replayed or regenerated.
+                 "queue": {"next_offset": queue["next_offset"],
+                           "trained_through": max(self._unacked + [queue["committed_watermark"]])}}
         with open(tmp / STATE_FILE, "w") as fh:
             json.dump(state, fh)
             fh.flush()

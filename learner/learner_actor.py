@@ -224,8 +224,12 @@ class LearnerRank:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, folder: str, tag: str, tokenizer_path: str) -> None:
-        """Optimizer/scheduler state of every rank, and (rank 0) an HF safetensors model."""
+        """Optimizer/scheduler state and RNG state of every rank, and (rank 0) an HF model."""
+        from safetensors.torch import save_file
+
         self._ds.save_state(self.engine, folder, tag)
+        save_file({"torch": torch.get_rng_state()},
+                  os.path.join(folder, f"rng-rank{self.rank}.safetensors"))
         with self._ds.full_parameters(self.engine):
             if self.rank == 0:
                 from transformers import AutoTokenizer
@@ -235,7 +239,12 @@ class LearnerRank:
                 AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(model_dir)
 
     def load(self, folder: str, tag: str) -> None:
+        from safetensors.torch import load_file
+
         self._ds.load_state(self.engine, folder, tag)
+        rng = os.path.join(folder, f"rng-rank{self.rank}.safetensors")
+        if os.path.exists(rng):
+            torch.set_rng_state(load_file(rng)["torch"])
 
     def pid(self) -> int:
         return os.getpid()

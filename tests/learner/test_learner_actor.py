@@ -63,3 +63,21 @@ def test_two_ranks_match_single_process_reference(ray_cluster, tiny_model_path, 
     changed = max(float((ref_weights[k] - v).abs().max()) for k, v in initial.items())
     assert changed > LR / 2  # the step really moved the weights
     assert worst < 1e-5, f"max |ZeRO-{stage} - reference| weight difference {worst}"
+
+
+def test_bf16_with_gradient_checkpointing_trains_and_checkpoints(ray_cluster, tiny_model_path,
+                                                                 tmp_path):
+    config = load_config(None, ["learner.num_ranks=1", "model.dtype=bfloat16",
+                                "model.gradient_checkpointing=true", f"learner.lr={LR}"])
+    group = LearnerGroup(config, tiny_model_path, num_cpus=1)
+    try:
+        before = group.call("weights")[0]
+        metrics = group.train_step(step_batch(seed=1))
+        after = group.call("weights")[0]
+        group.call("save", str(tmp_path), "ds", tiny_model_path)
+    finally:
+        group.kill()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert max(float((after[k].float() - before[k].float()).abs().max()) for k in before) > 0
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    assert (tmp_path / "rng-rank0.safetensors").exists()
