@@ -108,6 +108,7 @@ class Driver:
         self.summary = RunSummary()
         self._published: Optional[Tuple[object, list]] = None
         self._unacked: List[int] = []
+        self._sync_futures: Optional[list] = None  # async mode: updates still in flight
         self._busy = {"rollout": 0.0, "learner": 0.0}
 
     # ------------------------------------------------------------------ set-up
@@ -273,7 +274,7 @@ class Driver:
             pending = self._launch(step, tag)
         t = time.perf_counter()
         row.update(self._collect(pending))
-        if getattr(self, "_sync_futures", None):
+        if self._sync_futures:
             ray.get(self._sync_futures)  # async: surface a failed sync before going on
             self._sync_futures = None
         row["wait_rollout_s"] = time.perf_counter() - t
