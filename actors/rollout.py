@@ -93,7 +93,6 @@ class RolloutWorker:
         self.llm = LLM(**engine_kwargs(config, model_path))
         self.rewards: Optional[RewardPool] = None
         self.policy_version = 0
-        self.last_sync: Dict[str, float] = {}
         # After a restart by Ray, pick up the run (config, queue, cursor) this worker served.
         self._assignment = Path(home_dir) / f"assignment-{worker}.json"
         state_dir = home_dir
@@ -336,7 +335,6 @@ class RolloutWorker:
         timings["verify"] = time.perf_counter() - start
         self.policy_version = manifest.version
         timings["probe_max_abs_diff"] = worst
-        self.last_sync = timings
         return timings
 
     def probe(self, token_ids: Sequence[int]) -> List[float]:

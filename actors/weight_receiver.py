@@ -40,13 +40,6 @@ class WeightReceiver:
         self.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
         return count
 
-    def duet_parameter_sum(self) -> float:
-        """Sum of all engine parameters: a cheap did-anything-change check for tests."""
-        import torch
-
-        with torch.no_grad():
-            return float(sum(p.double().sum() for p in self.model_runner.model.parameters()))
-
 
 class NcclWeightTransfer:
     """Requests for vLLM's native NCCL weight transfer (GPU path; not yet run on a GPU).

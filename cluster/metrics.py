@@ -91,12 +91,3 @@ def serve(port: int, host: str = "127.0.0.1",
     """Expose ``registry`` on http://host:port/metrics; returns the bound port."""
     server, _ = start_http_server(port, addr=host, registry=registry or REGISTRY)
     return server.server_port
-
-
-def catalogue_markdown() -> str:
-    """The catalogue as a Markdown table, for docs."""
-    lines = ["| name | type | labels | meaning |", "| --- | --- | --- | --- |"]
-    for spec in CATALOGUE:
-        name = spec.name + ("_total" if spec.kind == "counter" else "")
-        lines.append(f"| `{name}` | {spec.kind} | {', '.join(spec.labels) or '—'} | {spec.help} |")
-    return "\n".join(lines)

@@ -260,8 +260,3 @@ def _within(lengths: np.ndarray) -> np.ndarray:
     total = int(lengths.sum())
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.arange(total) - starts
-
-
-def nbytes(batch: pa.RecordBatch) -> int:
-    """Bytes the batch's buffers hold (what the queue's byte bound counts)."""
-    return batch.get_total_buffer_size()

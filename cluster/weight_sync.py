@@ -77,12 +77,6 @@ def pack_buckets(named: Iterable[Tuple[str, torch.Tensor]], bucket_bytes: int = 
         yield save(bucket), list(bucket)
 
 
-def unpack_bucket(data: bytes) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    return load(data)
-
-
 def probe_token_ids(vocab_size: int, length: int = PROBE_LENGTH, seed: int = 1234) -> List[int]:
     """Fixed pseudo-random token ids for the probe (no special meaning, just coverage)."""
     gen = torch.Generator().manual_seed(seed)
