@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -26,6 +27,7 @@ import ray
 
 from actors.reward import RewardPool
 from actors.tasks.base import Prompt, make_source, shard_positions
+from actors.weight_receiver import tensor_views
 from cluster.config import RunConfig
 from cluster.queue_log import atomic_write_text
 from cluster.schema import Group, build_batch
@@ -84,6 +86,9 @@ class RolloutWorker:
     def __init__(self, config: RunConfig, worker: int, model_path: str, home_dir: str,
                  queue=None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.rollout.kv_cache_gib))
+        # Read by vLLM when the engine is built: the engine core runs in this process or
+        # in a child of its own.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.rollout.engine_in_process else "1"
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -306,36 +311,51 @@ class RolloutWorker:
         if len(buckets) != len(manifest.digests):
             raise WeightSyncError(f"version {manifest.version}: {len(buckets)} buckets for "
                                   f"{len(manifest.digests)} digests")
-        folder = sync_dir()
-        paths: List[str] = []
-        try:
-            start = time.perf_counter()
-            for i, (ref, expected) in enumerate(zip(buckets, manifest.digests)):
-                data = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-                if digest(data) != expected:
+        start = time.perf_counter()
+        # Views of Ray's shared memory (the learner publishes numpy buckets): no copy yet.
+        payload = [memoryview(ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref)
+                   for ref in buckets]
+        # Every digest is checked before the engine is touched; hashing releases the GIL,
+        # so buckets are hashed side by side.
+        with ThreadPoolExecutor(max_workers=min(len(payload), os.cpu_count() or 1) or 1) as pool:
+            for i, (got, expected) in enumerate(zip(pool.map(digest, payload), manifest.digests)):
+                if got != expected:
                     raise WeightSyncError(
                         f"version {manifest.version}: bucket {i} is corrupted (SHA-256 "
-                        "mismatch); weights left at version "
-                        f"{self.policy_version}")
-                path = folder / f"v{manifest.version}-{i}.safetensors"
-                path.write_bytes(data)
-                paths.append(str(path))
-                del data
-            timings["transfer"] = time.perf_counter() - start
-            start = time.perf_counter()
-            self.llm.collective_rpc("duet_reload", args=(paths,))
-            # Cached prefixes hold keys/values computed by the old weights.
-            self.llm.reset_prefix_cache()
-            timings["load"] = time.perf_counter() - start
-        finally:
-            for p in paths:
-                Path(p).unlink(missing_ok=True)
+                        f"mismatch); weights left at version {self.policy_version}")
+        timings["transfer"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.config.rollout.engine_in_process:
+            named = [pair for data in payload for pair in tensor_views(data)]
+            self.llm.collective_rpc("duet_reload_tensors", args=(named,))
+            del named
+        else:
+            self._reload_from_files(manifest.version, payload)
+        del payload
+        # Cached prefixes hold keys/values computed by the old weights.
+        self.llm.reset_prefix_cache()
+        timings["load"] = time.perf_counter() - start
         start = time.perf_counter()
         worst = self.verify(manifest)
         timings["verify"] = time.perf_counter() - start
         self.policy_version = manifest.version
         timings["probe_max_abs_diff"] = worst
         return timings
+
+    def _reload_from_files(self, version: int, payload: Sequence[memoryview]) -> None:
+        """The separate-engine-process path: buckets cross as node-local files."""
+        folder = sync_dir()
+        paths: List[str] = []
+        try:
+            for i, data in enumerate(payload):
+                path = folder / f"v{version}-{i}.safetensors"
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                paths.append(str(path))
+            self.llm.collective_rpc("duet_reload", args=(paths,))
+        finally:
+            for p in paths:
+                Path(p).unlink(missing_ok=True)
 
     def probe(self, token_ids: Sequence[int]) -> List[float]:
         """Engine log-probs of token_ids[1:] given their prefixes (prompt_logprobs)."""

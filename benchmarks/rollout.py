@@ -2,7 +2,8 @@
 
 Run: ``python -m benchmarks.rollout --json``
 
-Throughput: one engine inside one Ray actor times, interleaved on the same prompts, model and
+Throughput: one engine inside one Ray actor times, interleaved (alternating which goes first)
+on the same prompts, model and
 sampling settings, (a) ``RolloutWorker.generate`` — sampling, reward pool, Arrow batch, put
 on a ``ReplayQueueActor`` — and (b) the raw ``llm.generate`` call alone. Reported as
 completion tokens/s and ``tokens_per_s_vs_raw`` (goal >= 0.9), for G=2 and G=16.
@@ -26,7 +27,7 @@ import ray
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
 from cluster.config import load_config
 from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
-from cluster.weight_sync import build_manifest, pack_buckets
+from cluster.weight_sync import as_payload, build_manifest, pack_buckets
 
 MODEL_100M = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
                            intermediate_size=2816, max_position=512)
@@ -69,10 +70,16 @@ def throughput(actor, config, repeats: int) -> List[Dict[str, object]]:
         count = 64 // group_size
         ray.get(actor.pipeline.remote(count, group_size))  # warm-up
         pipe, raw, tokens = [], [], []
-        for _ in range(repeats):
+        for i in range(repeats):
             cursor = ray.get(actor.state.remote())["cursor"]
-            p = ray.get(actor.pipeline.remote(count, group_size))
-            r = ray.get(actor.raw.remote(list(range(cursor, cursor + count)), group_size))
+            positions = list(range(cursor, cursor + count))
+            # Alternate which runs first: the second run finds the prompts in the prefix cache.
+            if i % 2:
+                r = ray.get(actor.raw.remote(positions, group_size))
+                p = ray.get(actor.pipeline.remote(count, group_size))
+            else:
+                p = ray.get(actor.pipeline.remote(count, group_size))
+                r = ray.get(actor.raw.remote(positions, group_size))
             pipe.append(p["seconds"])
             raw.append(r["seconds"])
             tokens.append((p["tokens"], r["tokens"]))
@@ -89,24 +96,30 @@ def throughput(actor, config, repeats: int) -> List[Dict[str, object]]:
 def weight_sync(actor, spec, label: str, repeats: int) -> Dict[str, object]:
     model = build_model(spec, seed=1).eval()
     sync, publish, copy = [], [], []
+    phases: Dict[str, List[float]] = {"transfer": [], "load": [], "verify": []}
     total = 0
-    for version in range(1, repeats + 1):
+    for version in range(repeats + 1):  # version 0 warms up (the probe's first run compiles)
         start = time.perf_counter()
         buckets = list(pack_buckets(model.state_dict().items()))
-        manifest = build_manifest(version, buckets, model, model.config.vocab_size)
-        refs = [ray.put(b) for b, _ in buckets]
-        publish.append(time.perf_counter() - start)
+        manifest = build_manifest(version + 1, buckets, model, model.config.vocab_size)
+        refs = [ray.put(as_payload(b)) for b, _ in buckets]
+        seconds = time.perf_counter() - start
         total = manifest.total_bytes
         start = time.perf_counter()
         timings = ray.get(actor.update_weights.remote(manifest, refs))
+        if version == 0:
+            continue
         sync.append(time.perf_counter() - start)
+        publish.append(seconds)
+        for phase in phases:
+            phases[phase].append(timings[phase])
         copy.append(ray.get(actor.memcpy.remote(refs)))
-        del timings
     gb = total / 1e9
     return {
         "figure": f"weight sync, {label} ({gb * 1000:.0f} MB)",
         "publish_seconds": summary(publish),
         "sync_seconds": summary(sync),
+        **{f"sync_{phase}_seconds": summary(v) for phase, v in phases.items()},
         "sync_gb_per_s": summary([gb / s for s in sync]),
         "memcpy_gb_per_s": summary([gb / s for s in copy]),
         "sync_gb_per_s_vs_memcpy": ratio_summary(copy, sync),

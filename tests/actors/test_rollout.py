@@ -13,7 +13,7 @@ import torch
 
 from cluster.config import load_config
 from cluster.schema import to_tensors
-from cluster.weight_sync import WeightSyncError, build_manifest, pack_buckets
+from cluster.weight_sync import WeightSyncError, as_payload, build_manifest, pack_buckets
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
     buckets = list(pack_buckets(updated.state_dict().items(), bucket_bytes=200_000))
     assert len(buckets) > 1  # the test exercises multi-bucket streaming
     manifest = build_manifest(before + 1, buckets, updated, updated.config.vocab_size)
-    refs = [ray.put(b) for b, _ in buckets]
+    refs = [ray.put(as_payload(b)) for b, _ in buckets]  # as the learner publishes them
     timings = ray.get(actor.update_weights.remote(manifest, refs))
     assert ray.get(actor.state.remote())["policy_version"] == before + 1
     assert timings["probe_max_abs_diff"] < 2e-3
