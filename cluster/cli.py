@@ -101,6 +101,18 @@ def _run_dir(config: RunConfig) -> Path:
     return Path(config.output_dir) / config.name
 
 
+def _fresh_run_dir(config: RunConfig, resume: bool = False) -> Path:
+    """The run's folder; a previous run found there is moved aside, never overwritten."""
+    run_dir = _run_dir(config)
+    if resume or not run_dir.exists() or not any(run_dir.iterdir()):
+        return run_dir
+    aside = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    print(f"{run_dir} held an earlier run: moved it to {aside} "
+          "(use --resume to continue a run instead)")
+    return run_dir
+
+
 def _resource_plan(config: RunConfig) -> str:
     a, r, lrn = config.algo, config.rollout, config.learner
     return "\n".join([
@@ -128,7 +140,7 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print(_resource_plan(config))
         return 0
-    run_dir = _run_dir(config)
+    run_dir = _fresh_run_dir(config, args.resume)
     start_ray(config)
     model_path = resolve_model(config)
     actors = start_rollouts(config, str(model_path), run_dir / "engines")
@@ -152,7 +164,7 @@ def cmd_compare(args) -> int:
     base = _config(args)
     arms = parse_arms(args.arms)
     print(to_yaml(base))
-    run_dir = _run_dir(base)
+    run_dir = _fresh_run_dir(base)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(base))
     bars: Dict[str, Progress] = {}
@@ -190,6 +202,22 @@ def cmd_eval(args) -> int:
               f"mean@{got['k']}": got["mean_at_k"], "n": got["n"]}
     print(json.dumps(result))
     return 0
+
+
+def cmd_audit(args) -> int:
+    from cluster.audit import audit, audit_json
+
+    root = Path(args.run_dir)
+    runs = sorted(root.glob("arm-*")) if not (root / "ledger.jsonl").exists() else [root]
+    if not runs:
+        raise ConfigError("run_dir", f"{root} holds no ledger.jsonl (nor arm-*/ledger.jsonl): "
+                          "pass runs/<name> of a duet train or compare run", value=str(root))
+    ok = True
+    for run in runs:
+        report = audit(run)
+        print(audit_json(report) if args.json else report.text())
+        ok = ok and report.ok
+    return 0 if ok else 1
 
 
 def cmd_report(args) -> int:
@@ -244,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild report.md/png from a compare run")
     report.add_argument("run_dir", help="runs/<name> of a compare run")
     report.set_defaults(func=cmd_report)
+
+    audit = sub.add_parser("audit", help="check that every group was trained once or dropped "
+                                         "for a named reason (exit 1 if not)")
+    audit.add_argument("run_dir", help="runs/<name> (a compare run: every arm is audited)")
+    audit.add_argument("--json", action="store_true", help="print the findings as JSON")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 

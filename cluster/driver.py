@@ -138,6 +138,12 @@ class Driver:
             self.log.write("resume", step=step, policy_version=version, checkpoint=str(ckpt))
         else:
             self.learner = LearnerGroup(self.config, self.model_path)
+            if self.resume:  # nothing was checkpointed: start the prompt stream over
+                ray.get([a.set_cursor.remote(0) for a in self.actors])
+        if self.resume:
+            # Whatever was trained after the checkpoint is lost; the prompt stream rewinds
+            # to the checkpoint's cursors, so those groups are produced and trained again.
+            self.ledger.write("rollback", to_step=step, regenerate=True)
         return step, version
 
     # ------------------------------------------------------------------ weights
@@ -170,6 +176,8 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def _launch(self, step: int, attempt_tag: str):
+        if self._unacked:  # a restarted queue counts them as waiting: they are not
+            ray.get(self.queue.hold.remote(self._unacked))
         waiting = ray.get(self.queue.stats.remote())["waiting_groups"]
         need = max(0, self.config.algo.prompts_per_step - waiting)
         if need == 0:
@@ -178,7 +186,7 @@ class Driver:
         return [a.generate.remote(n, f"{self.config.name}-{attempt_tag}-{step}")
                 for a, n in zip(self.actors, parts) if n]
 
-    def _collect(self, futures) -> Dict[str, float]:
+    def _collect(self, futures, step: int) -> Dict[str, float]:
         stats = ray.get(futures)
         out = {"generate_s": max((s.generate_seconds for s in stats), default=0.0),
                "reward_s": max((s.reward_seconds for s in stats), default=0.0),
@@ -189,21 +197,27 @@ class Driver:
                "groups_tied": float(sum(s.groups_tied for s in stats)),
                "reward_flags": float(sum(s.reward_flags for s in stats))}
         for s in stats:
+            if s.group_ids:
+                self.ledger.write("produced", step=step, group_ids=s.group_ids)
             for reason, ids in s.dropped_ids.items():
-                self.ledger.write("dropped", reason=reason, group_ids=ids)
+                self.ledger.write("dropped", reason=reason, step=step, group_ids=ids)
             busy = s.generate_seconds + s.reward_seconds + s.queue_seconds
             self._busy["rollout"] += busy / len(self.actors)
             for reason, n in s.groups_dropped.items():
                 self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
         return out
 
-    def _take_step_batch(self, version: int) -> Tuple[Optional[pa.RecordBatch], List[int], Dict[str, float]]:
+    def _take_step_batch(self, version: int, step: int
+                         ) -> Tuple[Optional[pa.RecordBatch], List[int], Dict[str, float]]:
         start = time.perf_counter()
-        delivery = ray.get(self.queue.get.remote(self.config.algo.prompts_per_step, version, 5.0))
+        # Trained groups awaiting their checkpoint's ack stay in flight even if the queue
+        # restarted meanwhile (it would otherwise deliver them again).
+        delivery = ray.get(self.queue.get.remote(self.config.algo.prompts_per_step, version, 5.0,
+                                                 hold=self._unacked))
         info = {"queue_get_s": time.perf_counter() - start,
                 "staleness_max": float(max(delivery.staleness, default=0))}
         if delivery.stale_ids:
-            self.ledger.write("dropped", reason="stale", group_ids=delivery.stale_ids)
+            self.ledger.write("dropped", reason="stale", step=step, group_ids=delivery.stale_ids)
         if not delivery.offsets:
             return None, [], info
         batch = delivery.batch
@@ -212,7 +226,7 @@ class Driver:
         if bad:
             ray.get(self.queue.drop.remote(bad, "reward_error"))
             ids = batch.column("group_id").to_pylist()
-            self.ledger.write("dropped", reason="reward_error",
+            self.ledger.write("dropped", reason="reward_error", step=step,
                               group_ids=[i for i, good in zip(ids, ok) if not good])
             self.summary.dropped["reward_error"] = self.summary.dropped.get("reward_error", 0) + len(bad)
             batch = batch.filter(pa.array(ok))
@@ -273,12 +287,12 @@ class Driver:
             self._resync_restarted_actors(version)
             pending = self._launch(step, tag)
         t = time.perf_counter()
-        row.update(self._collect(pending))
+        row.update(self._collect(pending, step + 1))
         if self._sync_futures:
             ray.get(self._sync_futures)  # async: surface a failed sync before going on
             self._sync_futures = None
         row["wait_rollout_s"] = time.perf_counter() - t
-        batch, offsets, info = self._take_step_batch(version)
+        batch, offsets, info = self._take_step_batch(version, step + 1)
         row.update(info)
         pending = None
         if async_mode and step + 1 < self.config.steps:
@@ -361,6 +375,9 @@ class Driver:
         requeued = ray.get(self.queue.requeue_inflight.remote())
         self._unacked = []
         self._sync_weights(version)
+        # Trainings after the checkpoint were lost with the learner; the queue redelivers
+        # their groups (the prompt stream is not rewound, so drops stand).
+        self.ledger.write("rollback", to_step=step, regenerate=False)
         self.log.write("learner_restart", attempt=attempt, from_step=step, requeued=requeued,
                        error=str(err)[:500])
         return step, version
@@ -375,6 +392,8 @@ class Driver:
         for reason, n in queue_stats["dropped"].items():
             if reason not in ("reward_error",):
                 self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
+        self.ledger.write("pending", group_ids=ray.get(self.queue.pending_ids.remote()))
+        self.ledger.write("finished", step=step)
         self.log.write("summary", **{k: v for k, v in self.summary.__dict__.items()
                                      if not isinstance(v, (list, dict))})
         self.log.finish()

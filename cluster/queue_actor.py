@@ -38,8 +38,12 @@ class ReplayQueueActor:
         return self._queue.put(data, timeout=timeout)
 
     def get(self, max_groups: int, consumer_version: int, timeout: float = 0.0,
-            ack: Optional[List[int]] = None) -> Delivery:
-        return self._queue.get(max_groups, consumer_version, timeout=timeout, ack=ack)
+            ack: Optional[List[int]] = None, hold: Optional[List[int]] = None) -> Delivery:
+        return self._queue.get(max_groups, consumer_version, timeout=timeout, ack=ack,
+                               hold=hold)
+
+    def hold(self, offsets: List[int]) -> None:
+        self._queue.hold(offsets)
 
     def ack(self, offsets: List[int]) -> int:
         return self._queue.ack(offsets)
@@ -49,6 +53,9 @@ class ReplayQueueActor:
 
     def requeue_inflight(self) -> int:
         return self._queue.requeue_inflight()
+
+    def pending_ids(self) -> List[str]:
+        return self._queue.pending_ids()
 
     def stats(self) -> Dict[str, object]:
         return self._queue.stats()

@@ -249,17 +249,23 @@ class ReplayQueue:
     # ------------------------------------------------------------------ consumer side
 
     def get(self, max_groups: int, consumer_version: int, timeout: float = 0.0,
-            ack: Optional[Iterable[int]] = None) -> Delivery:
+            ack: Optional[Iterable[int]] = None, hold: Optional[Iterable[int]] = None
+            ) -> Delivery:
         """Up to ``max_groups`` fresh groups, oldest first; waits up to ``timeout`` for one.
 
         Groups produced more than ``max_staleness`` versions before ``consumer_version`` are
         dropped (reason "stale"), counted, and committed so no restart brings them back.
         ``ack`` commits the previous delivery in the same call (one round trip per step).
+        ``hold`` names offsets the consumer already has (trained, acked later with their
+        checkpoint): they stay in flight. A restarted queue has them waiting again, and
+        without this would deliver them a second time (or drop them as stale).
         """
         if max_groups < 1:
             raise ValueError(f"max_groups must be >= 1, got {max_groups}")
         if ack:
             self.ack(ack)
+        if hold:
+            self.hold(hold)
         start = time.monotonic()
         deadline = start + timeout
         stale: List[str] = []
@@ -292,6 +298,15 @@ class ReplayQueue:
             stale_ids.extend(e.source.column("group_id")[e.index].as_py() for e in stale)
             self._finish(stale, reason="stale")
         return picked
+
+    def hold(self, offsets: Iterable[int]) -> None:
+        """Keep these delivered offsets in flight (see ``get``'s ``hold``)."""
+        with self._lock:
+            missing = {o for o in offsets if o not in self._inflight and o not in self._commit}
+            if missing:  # only after a restart: they are waiting again
+                for entry in self._take(sorted(missing)):
+                    self._inflight[entry.offset] = entry
+                self._update_gauges()
 
     def ack(self, offsets: Iterable[int]) -> int:
         """Commit delivered groups as trained; returns how many were newly acked.
@@ -360,6 +375,13 @@ class ReplayQueue:
     @property
     def held_groups(self) -> int:
         return len(self._waiting) + len(self._inflight)
+
+    def pending_ids(self) -> List[str]:
+        """Group ids waiting or in flight (not yet acked or dropped), oldest first."""
+        with self._lock:
+            entries = sorted(list(self._waiting) + list(self._inflight.values()),
+                             key=lambda e: e.offset)
+            return [e.source.column("group_id")[e.index].as_py() for e in entries]
 
     def stats(self) -> Dict[str, object]:
         """Depth, bytes, in-flight count, next offset and drop counts by reason."""

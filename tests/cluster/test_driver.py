@@ -13,6 +13,7 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
+from cluster.audit import audit
 from cluster.config import load_config
 from cluster.driver import Driver, latest_checkpoint, start_rollouts
 from cluster.run_log import read_rows
@@ -60,6 +61,9 @@ def test_resume_gives_identical_weights_and_groups(engines, tiny_model_path, tmp
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst == 0.0, f"resumed weights differ by {worst}"
+    for run_dir in (full, resumed):
+        report = audit(run_dir)
+        assert report.ok, report.text()
 
 
 def test_checkpoint_loads_in_transformers_and_vllm(engines, tiny_model_path, tmp_path):
@@ -113,6 +117,8 @@ def test_learner_sigkill_recovers_from_checkpoint(engines, tiny_model_path, tmp_
     lineage = [g for r in first if r["step"] <= from_step for g in r["group_ids"]] + \
         [g for r in after for g in r["group_ids"]]
     assert len(lineage) == len(set(lineage)) == 6 * 8
+    report = audit(tmp_path)
+    assert report.ok and report.rollbacks == 1, report.text()
 
 
 def test_async_mode_respects_staleness_and_keeps_engines_busy(engines, tiny_model_path, tmp_path):
@@ -124,3 +130,5 @@ def test_async_mode_respects_staleness_and_keeps_engines_busy(engines, tiny_mode
     assert max(r["staleness_max"] for r in steps) == 1  # really off by one version
     assert 0.0 <= summary.idle_fraction["rollout"] < 1.0
     print("idle fractions (async):", summary.idle_fraction)
+    report = audit(tmp_path)
+    assert report.ok, report.text()

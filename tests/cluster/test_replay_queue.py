@@ -173,6 +173,23 @@ def test_restart_redelivers_unacked_only(tmp_path):
     assert again.stats()["committed_watermark"] == 5
 
 
+def test_held_offsets_survive_a_restart_in_flight(tmp_path):
+    queue = make_queue(log_dir=tmp_path, max_staleness=0)
+    queue.put(build_batch(groups(4)))
+    trained = queue.get(2, 0)  # trained; acked only with the next checkpoint
+    del queue
+
+    again = make_queue(log_dir=tmp_path, max_staleness=0)
+    # Without hold, g0/g1 would be delivered (and trained) a second time, or dropped as
+    # stale once the consumer's version moved on, though they are in the learner's weights.
+    d = again.get(10, 0, hold=trained.offsets)
+    assert d.batch.column("group_id").to_pylist() == ["g2", "g3"]
+    assert again.stats()["inflight_groups"] == 4 and again.stats()["dropped"] == {}
+    assert again.requeue_inflight() == 4  # a learner crash still gets them back
+    again.ack(trained.offsets)
+    assert again.get(10, 0).batch.column("group_id").to_pylist() == ["g2", "g3"]
+
+
 def test_torn_segment_tail_is_ignored(tmp_path):
     queue = make_queue(log_dir=tmp_path)
     queue.put(build_batch(groups(3)))
