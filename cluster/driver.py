@@ -132,7 +132,7 @@ class Driver:
             state = json.loads((ckpt / STATE_FILE).read_text())
             step, version = state["step"], state["policy_version"]
             self.learner = LearnerGroup(self.config, str(ckpt / "model"))
-            self.learner.call("load", str(ckpt), "ds")
+            self.learner.call("load", str(ckpt))
             ray.get([a.set_cursor.remote(c) for a, c in zip(self.actors, state["cursors"])])
             self.summary.rollouts = state.get("rollouts", 0)
             self.log.write("resume", step=step, policy_version=version, checkpoint=str(ckpt))
@@ -330,7 +330,7 @@ class Driver:
         final = self.ckpt_dir / f"step-{step:06d}"
         tmp = self.ckpt_dir / f".tmp-step-{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.learner.call("save", str(tmp), "ds", self.model_path)
+        self.learner.call("save", str(tmp), self.model_path)
         cursors = [s["cursor"] for s in ray.get([a.state.remote() for a in self.actors])]
         queue = ray.get(self.queue.stats.remote())
         state = {"step": step, "policy_version": version, "cursors": cursors,
@@ -371,7 +371,7 @@ class Driver:
             step, version, path = state["step"], state["policy_version"], str(ckpt / "model")
         self.learner = LearnerGroup(self.config, path)
         if ckpt is not None:
-            self.learner.call("load", str(ckpt), "ds")
+            self.learner.call("load", str(ckpt))
         requeued = ray.get(self.queue.requeue_inflight.remote())
         self._unacked = []
         self._sync_weights(version)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 import torch
@@ -87,11 +88,58 @@ def named_full_tensors(engine) -> Iterator[Tuple[str, torch.Tensor]]:
         yield name, tensor.detach().to("cpu")
 
 
-def save_state(engine, folder: str, tag: str) -> None:
-    """Optimizer, scheduler and ZeRO partitions of every rank (a collective)."""
-    engine.save_checkpoint(folder, tag=tag, save_latest=False)
+ENGINE_COUNTERS = ("global_steps", "global_samples", "skipped_steps", "micro_steps")
 
 
-def load_state(engine, folder: str, tag: str) -> None:
-    engine.load_checkpoint(folder, tag=tag, load_optimizer_states=True,
-                           load_lr_scheduler_states=True)
+def save_state(engine, folder: str, rank: int) -> None:
+    """This rank's optimizer partition, scheduler and step counters as safetensors + JSON.
+
+    The model itself is saved by the caller (rank 0, Hugging Face safetensors); nothing here
+    is pickled, so loading a checkpoint never runs code from disk.
+    """
+    from learner.state_io import save_tree
+
+    save_tree(engine.optimizer.state_dict(), Path(folder) / f"optim-rank{rank}", extra={
+        "zero_stage": engine.zero_optimization_stage(),
+        "world_size": engine.world_size,
+        "scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler else None,
+        "counters": {k: getattr(engine, k) for k in ENGINE_COUNTERS},
+    })
+
+
+def load_state(engine, folder: str, rank: int, model_dir: str) -> None:
+    """Restore what ``save_state`` wrote (plus the model weights from ``model_dir``)."""
+    from safetensors.torch import load_file
+
+    from learner.state_io import StateFormatError, load_tree
+
+    stem = Path(folder) / f"optim-rank{rank}"
+    tree, meta = load_tree(stem, engine.optimizer.state_dict())
+    stage, world = engine.zero_optimization_stage(), engine.world_size
+    if (meta["zero_stage"], meta["world_size"]) != (stage, world):
+        raise StateFormatError(
+            f"{stem}.json: saved with ZeRO-{meta['zero_stage']} on {meta['world_size']} ranks, "
+            f"loading into ZeRO-{stage} on {world}; resume with the learner settings of the "
+            "run that wrote it")
+    if stage < 3:
+        # ZeRO-2 keeps full module weights beside the fp32 partitions: load both.
+        weights = {}
+        for shard in sorted(Path(model_dir).glob("*.safetensors")):
+            weights.update(load_file(str(shard)))
+        module = engine.module
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight")}
+        if unexpected or set(missing) - tied:
+            raise StateFormatError(f"{model_dir}: does not match the model (missing "
+                                   f"{sorted(set(missing) - tied)[:5]}, unexpected "
+                                   f"{sorted(unexpected)[:5]})")
+    # ZeRO reads only this rank's entry; the others stay None so a misuse fails loudly.
+    entries = [None] * world
+    entries[rank] = tree
+    # fp32 master partitions from the file (exact), not re-derived from module weights.
+    engine.optimizer.load_state_dict(entries, load_optimizer_states=True,
+                                     load_from_fp32_weights=True)
+    if engine.lr_scheduler is not None and meta.get("scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(meta["scheduler"])
+    for k, v in meta["counters"].items():
+        setattr(engine, k, v)

@@ -223,11 +223,12 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, folder: str, tag: str, tokenizer_path: str) -> None:
+    def save(self, folder: str, tokenizer_path: str) -> None:
         """Optimizer/scheduler state and RNG state of every rank, and (rank 0) an HF model."""
         from safetensors.torch import save_file
 
-        self._ds.save_state(self.engine, folder, tag)
+        os.makedirs(folder, exist_ok=True)
+        self._ds.save_state(self.engine, folder, self.rank)
         save_file({"torch": torch.get_rng_state()},
                   os.path.join(folder, f"rng-rank{self.rank}.safetensors"))
         with self._ds.full_parameters(self.engine):
@@ -238,10 +239,11 @@ class LearnerRank:
                 self.engine.module.save_pretrained(model_dir, safe_serialization=True)
                 AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(model_dir)
 
-    def load(self, folder: str, tag: str) -> None:
+    def load(self, folder: str) -> None:
         from safetensors.torch import load_file
 
-        self._ds.load_state(self.engine, folder, tag)
+        self._ds.load_state(self.engine, folder, self.rank,
+                            os.path.join(folder, "model"))
         rng = os.path.join(folder, f"rng-rank{self.rank}.safetensors")
         if os.path.exists(rng):
             torch.set_rng_state(load_file(rng)["torch"])
