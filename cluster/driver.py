@@ -325,27 +325,39 @@ class Driver:
     # ------------------------------------------------------------------ checkpoints, recovery
 
     def _checkpoint(self, step: int, version: int) -> Path:
-        """Write a checkpoint atomically (temp folder, then rename), then ack its groups."""
+        """Write a checkpoint atomically (temp folder, then rename), then ack its groups.
+
+        A write that fails (disk full, permissions) removes the temp folder and stops the
+        run: the previous complete checkpoint is untouched and ``--resume`` continues
+        from it once the cause is fixed.
+        """
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         final = self.ckpt_dir / f"step-{step:06d}"
         tmp = self.ckpt_dir / f".tmp-step-{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.learner.call("save", str(tmp), self.model_path)
-        cursors = [s["cursor"] for s in ray.get([a.state.remote() for a in self.actors])]
-        queue = ray.get(self.queue.stats.remote())
-        state = {"step": step, "policy_version": version, "cursors": cursors,
-                 "rollouts": self.summary.rollouts, "time": time.time(),
-                 # This attempt's queue offsets: groups up to "trained_through" are in this
-                 # checkpoint (acked just below); later ones are replayed or regenerated.
-                 "queue": {"next_offset": queue["next_offset"],
-                           "trained_through": max(self._unacked + [queue["committed_watermark"]])}}
-        with open(tmp / STATE_FILE, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            self.learner.call("save", str(tmp), self.model_path)
+            cursors = [s["cursor"] for s in ray.get([a.state.remote() for a in self.actors])]
+            queue = ray.get(self.queue.stats.remote())
+            state = {"step": step, "policy_version": version, "cursors": cursors,
+                     "rollouts": self.summary.rollouts, "time": time.time(),
+                     # This attempt's queue offsets: groups up to "trained_through" are in
+                     # this checkpoint (acked just below); later ones are replayed or
+                     # regenerated.
+                     "queue": {"next_offset": queue["next_offset"],
+                               "trained_through": max(self._unacked + [queue["committed_watermark"]])}}
+            self._write_state(tmp / STATE_FILE, state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = latest_checkpoint(self.ckpt_dir)
+            raise RunFailed(
+                f"checkpoint of step {step} could not be written to {self.ckpt_dir} ({err}); "
+                + (f"the previous checkpoint {previous.name} is complete and untouched: "
+                   "fix the cause (e.g. free disk space) and continue with --resume"
+                   if previous else "no earlier checkpoint exists")) from None
         if self._unacked:
             ray.get(self.queue.ack.remote(self._unacked))
             self._unacked = []
@@ -354,6 +366,13 @@ class Driver:
             shutil.rmtree(old, ignore_errors=True)
         self.log.write("checkpoint", step=step, policy_version=version, path=str(final))
         return final
+
+    @staticmethod
+    def _write_state(path: Path, state: Dict[str, object]) -> None:
+        with open(path, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _recover(self, err: Exception, attempt: int) -> Tuple[int, int]:
         """Restart the learner group from the newest complete checkpoint and replay."""

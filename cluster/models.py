@@ -34,11 +34,19 @@ def resolve_model(config: RunConfig, say: Callable[[str], None] = print) -> Path
     return folder
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def check_vocabulary(folder: Path) -> None:
     """The tokenizer must not produce ids the model has no embedding for."""
     from transformers import AutoTokenizer
 
     vocab = json.loads((folder / "config.json").read_text()).get("vocab_size")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer here rather than fail
+        raise ConfigError("model.path", "cannot load a tokenizer from the folder: none of "
+                          f"{', '.join(TOKENIZER_FILES)} is there; save the tokenizer beside "
+                          "the model (tokenizer.save_pretrained)", value=str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:

@@ -49,3 +49,15 @@ def test_bad_config_exits_2_with_the_key(tmp_path):
 def test_bad_arms_are_refused(capsys):
     assert main(["compare", "--arms", "1,16"]) == 2
     assert "group size >= 2" in capsys.readouterr().err
+
+
+def test_a_run_that_cannot_recover_exits_1_with_the_reason(monkeypatch, capsys):
+    import cluster.cli as cli
+    from cluster.driver import RunFailed
+
+    def failing(args):
+        raise RunFailed("learner failed 4 times; last error: boom")
+
+    monkeypatch.setattr(cli, "cmd_train", failing)
+    assert cli.main(["train", "steps=1"]) == 1
+    assert "duet: run failed: learner failed 4 times; last error: boom" in capsys.readouterr().err

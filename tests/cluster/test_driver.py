@@ -3,6 +3,7 @@
 One rollout engine is shared by the module's runs (the driver reassigns it per run).
 """
 
+import errno
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from cluster.audit import audit
 from cluster.config import load_config
-from cluster.driver import Driver, latest_checkpoint, start_rollouts
+from cluster.driver import Driver, RunFailed, latest_checkpoint, start_rollouts
 from cluster.run_log import read_rows
 
 pytestmark = pytest.mark.slow
@@ -130,5 +131,40 @@ def test_async_mode_respects_staleness_and_keeps_engines_busy(engines, tiny_mode
     assert max(r["staleness_max"] for r in steps) == 1  # really off by one version
     assert 0.0 <= summary.idle_fraction["rollout"] < 1.0
     print("idle fractions (async):", summary.idle_fraction)
+    report = audit(tmp_path)
+    assert report.ok, report.text()
+
+
+def test_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(
+        engines, tiny_model_path, tmp_path, monkeypatch):
+    real = Driver._write_state
+
+    def disk_full_at_step_four(path, state):
+        if state["step"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, state)
+
+    monkeypatch.setattr(Driver, "_write_state", staticmethod(disk_full_at_step_four))
+    overrides = ["steps=6", "checkpoint_every=2", "keep_checkpoints=5"]
+    driver = Driver(load_config(None, BASE + overrides), tmp_path, tiny_model_path, engines)
+    with pytest.raises(RunFailed) as err:
+        driver.run()
+    driver.learner.kill()
+    ray.kill(driver.queue)
+    message = str(err.value)
+    assert "checkpoint of step 4 could not be written" in message
+    assert "No space left on device" in message and "step-000002 is complete" in message
+    ckpts = tmp_path / "checkpoints"
+    assert latest_checkpoint(ckpts).name == "step-000002"
+    assert not list(ckpts.glob(".tmp-*"))  # the half-written one was removed
+    assert not audit(tmp_path).ok  # stopped early: the audit says so until it is resumed
+
+    # A crash mid-write leaves a temp folder like this one; resuming ignores it.
+    (ckpts / ".tmp-step-000004").mkdir()
+    (ckpts / ".tmp-step-000004" / "optim-rank0.safetensors").write_bytes(b"\x00torn")
+    monkeypatch.undo()
+    summary = run(engines, tiny_model_path, tmp_path, overrides, resume=True)
+    assert summary.steps == 6
+    assert latest_checkpoint(ckpts).name == "step-000006"
     report = audit(tmp_path)
     assert report.ok, report.text()

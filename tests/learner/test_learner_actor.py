@@ -98,3 +98,32 @@ def test_bf16_with_gradient_checkpointing_trains_and_checkpoints(ray_cluster, ti
     assert max(float((after[k].float() - before[k].float()).abs().max()) for k in before) > 0
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert (tmp_path / "rng-rank0.safetensors").exists()
+
+
+def test_non_finite_loss_is_skipped_then_aborts(ray_cluster, tiny_model_path):
+    import ray
+
+    config = load_config(None, ["learner.num_ranks=1", f"learner.lr={LR}",
+                                "learner.max_bad_steps=2"])
+    poisoned = step_batch(seed=2)
+    rewards = poisoned.column("rewards").to_pylist()
+    rewards[0] = [float("nan")] * len(rewards[0])  # NaN advantages -> NaN loss
+    import pyarrow as pa
+
+    poisoned = poisoned.set_column(poisoned.schema.get_field_index("rewards"),
+                                   poisoned.schema.field("rewards"),
+                                   pa.array(rewards, poisoned.schema.field("rewards").type))
+    group = LearnerGroup(config, tiny_model_path, num_cpus=1)
+    try:
+        before = group.call("weights")[0]
+        metrics = group.train_step(poisoned)
+        after = group.call("weights")[0]
+        assert metrics["skipped_updates"] == 1
+        assert all(torch.equal(before[k], after[k]) for k in before)  # nothing applied
+        group.train_step(step_batch(seed=3))  # a good step resets the count
+        group.train_step(poisoned)
+        with pytest.raises(ray.exceptions.RayTaskError,
+                           match=r"non-finite loss in 2 consecutive updates.*max_bad_steps=2"):
+            group.train_step(poisoned)
+    finally:
+        group.kill()
