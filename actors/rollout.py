@@ -173,11 +173,14 @@ class RolloutWorker:
                               max_tokens=r.max_new_tokens, logprobs=0, seed=seed,
                               stop_token_ids=[eos] if eos is not None else None)
 
+    def _encode(self, text: str) -> List[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
     def _sample(self, prompts: Sequence[Prompt], seeds: Sequence[Optional[int]], n: int,
-                mode: str = "train"):
+                mode: str = "train", token_ids: Optional[List[List[int]]] = None):
         from vllm.inputs import TokensPrompt
 
-        token_ids = [self.tokenizer(p.text, add_special_tokens=False).input_ids for p in prompts]
+        token_ids = token_ids or [self._encode(p.text) for p in prompts]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         params = [self.sampling_params(s, n, mode) for s in seeds]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
@@ -185,9 +188,23 @@ class RolloutWorker:
 
     def _groups_for(self, positions: List[int], stats: StepStats, size: int) -> List[Group]:
         prompts = [self.source.train(p) for p in positions]
+        # A prompt that leaves no room for the completion would fail the whole engine call:
+        # drop its group, named and counted.
+        room = self.config.model.max_model_len - self.config.rollout.max_new_tokens
+        encoded = [self._encode(p.text) for p in prompts]
+        fits = [len(ids) <= room for ids in encoded]
+        for position, ok in zip(positions, fits):
+            if not ok:
+                stats.drop("too_long", f"s{position}")
+        positions = [p for p, ok in zip(positions, fits) if ok]
+        prompts = [p for p, ok in zip(prompts, fits) if ok]
+        encoded = [ids for ids, ok in zip(encoded, fits) if ok]
+        stats.prompts_drawn += len(fits) - len(prompts)
+        if not prompts:
+            return []
         seeds = [(self.config.seed * 1_000_003 + p) % 2**31 for p in positions]
         start = time.perf_counter()
-        token_ids, outputs = self._sample(prompts, seeds, size)
+        token_ids, outputs = self._sample(prompts, seeds, size, token_ids=encoded)
         gen_seconds = time.perf_counter() - start
         stats.generate_seconds += gen_seconds
 
@@ -377,6 +394,10 @@ class RolloutWorker:
         old, self.rewards = self.rewards, RewardPool(reward, self.config.rollout.reward_workers,
                                                      self.config.rollout.reward_timeout_s)
         old.close()
+
+    def source_stats(self) -> Dict[str, int]:
+        """The prompt source's counters (dataset rows skipped at load, by reason)."""
+        return self.source.stats()
 
     def state(self) -> Dict[str, int]:
         return {"cursor": self.cursor, "policy_version": self.policy_version, "pid": os.getpid()}

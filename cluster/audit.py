@@ -10,7 +10,9 @@ Sources, all inside ``runs/<name>/``:
   (the learner was restored to the checkpoint of ``to_step``: trainings after it were lost
   with the learner and their groups are trained again; with ``regenerate``, a resumed run
   also rewinds the prompt stream, so drops after that step are redone too), ``pending``
-  (groups still queued when the run stopped; a resumed run trains them) and ``finished``.
+  (groups still queued when the run stopped; a resumed run trains them), ``bad_rows``
+  (dataset rows refused at load with ``task.skip_bad_rows``, by reason: they never became
+  groups) and ``finished``.
 
 The rules: after applying rollbacks, no group is trained twice; no group is both trained
 and dropped; every produced group is trained, dropped or pending. A run without a
@@ -38,6 +40,7 @@ class AuditReport:
     trained: int = 0
     dropped: Dict[str, int] = field(default_factory=dict)
     pending: int = 0
+    bad_rows: int = 0
     rollbacks: int = 0
     trainings_voided: int = 0
     finished: bool = False
@@ -55,7 +58,7 @@ class AuditReport:
                  f"  produced {self.produced}, trained {self.trained}, "
                  f"dropped {sum(self.dropped.values())} "
                  f"({', '.join(f'{k} {v}' for k, v in sorted(self.dropped.items())) or 'none'}), "
-                 f"pending {self.pending}",
+                 f"pending {self.pending}; dataset rows skipped at load {self.bad_rows}",
                  f"  learner rollbacks {self.rollbacks} (trainings voided and redone: "
                  f"{self.trainings_voided})"]
         if not self.finished:
@@ -120,6 +123,8 @@ def audit(run_dir: Path) -> AuditReport:
                     del dropped[gid]
         elif kind == "pending":
             pending = set(ids) - set(trained) - set(dropped)
+        elif kind == "bad_rows":
+            report.bad_rows = sum((row.get("counts") or {}).values())
         elif kind == "finished":
             report.finished = True
     report.produced = len(produced | set(trained) | set(dropped))

@@ -160,3 +160,26 @@ def test_sigkill_mid_run_resumes_from_cursor_without_duplicates(setup):
     positions = sorted(int(i[1:]) for i in ids)
     assert positions == list(range(start["cursor"], start["cursor"] + 12))
     assert after["cursor"] == start["cursor"] + 12
+
+
+def test_prompt_longer_than_the_engine_allows_is_dropped_and_named(setup, tmp_path):
+    import json
+
+    from cluster.queue_actor import ReplayQueueActor
+
+    actor, _, config = setup
+    rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(6)]
+    rows[3]["prompt"] = "1" * 70 + "+1="  # 73 tokens; max_model_len 64 leaves room for 58
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    dataset = load_config(None, ["rollout.max_new_tokens=6", "model.max_model_len=64",
+                                 "task.name=jsonl", f"task.path={path}", "task.eval_size=0"])
+    queue = ReplayQueueActor.options(name="too-long-queue").remote(dataset.queue, None)
+    ray.get(actor.reset.remote(dataset, "too-long-queue", str(tmp_path / "state")))
+    stats = ray.get(actor.generate.remote(6))
+    assert stats.groups_dropped == {"too_long": 1}
+    assert len(stats.dropped_ids["too_long"]) == 1 and stats.groups_put == 5
+    got = ray.get(queue.get.remote(10, 0)).batch
+    assert got.num_rows == 5
+    assert max(len(ids) for ids in got.column("prompt_token_ids").to_pylist()) <= 58
+    ray.kill(queue)
