@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from cluster.config import ConfigError, RunConfig, field_help, load_config, to_yaml
+from cluster.config import ConfigError, RunConfig, field_help, load_config, replace, to_yaml
 
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "deploy" / "configs" / "tiny-cpu.yaml"
 
@@ -66,6 +66,9 @@ class Progress:
             self._live.start()
 
     def __call__(self, row: Dict[str, object]) -> None:
+        if row["kind"] == "info":
+            self._print(f"{self.label}{row['message']}")
+            return
         if row["kind"] == "eval":
             self.last_acc = float(row["accuracy"])
             line = (f"{self.label}eval @ step {row['step']}: held-out greedy accuracy "
@@ -162,7 +165,12 @@ def cmd_compare(args) -> int:
     from cluster.report import write_report
 
     base = _config(args)
-    arms = parse_arms(args.arms)
+    arms = parse_arms(args.arms or base.compare.arms)
+    lr_rule = args.lr_rule or base.compare.lr_rule
+    budget = args.budget or base.compare.budget
+    # The saved config says what ran, flags included.
+    base = replace(base, [f"compare.arms={','.join(arms)}", f"compare.lr_rule={lr_rule}",
+                          f"compare.budget={budget}"])
     print(to_yaml(base))
     run_dir = _fresh_run_dir(base)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +185,7 @@ def cmd_compare(args) -> int:
         bars[arm](row)
 
     try:
-        run_compare(base, arms, run_dir, args.lr_rule, args.budget, progress=progress)
+        run_compare(base, arms, run_dir, lr_rule, budget, progress=progress)
     finally:
         for bar in bars.values():
             bar.close()
@@ -253,13 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
                              epilog=options_help(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     common(compare)
-    compare.add_argument("--arms", default="2,16",
-                         help="group sizes to compare; '2+rs' is 2-GRPO with resampling")
-    compare.add_argument("--lr-rule", default="linear", choices=["linear", "sqrt", "same"],
+    compare.add_argument("--arms", default=None,
+                         help="group sizes to compare; '2+rs' is 2-GRPO with resampling "
+                              "(default: compare.arms)")
+    compare.add_argument("--lr-rule", default=None, choices=["linear", "sqrt", "same"],
                          help="learning rate per arm: linear in prompts per step (the paper), "
-                              "sqrt, or the same for all")
-    compare.add_argument("--budget", default="steps", choices=["steps", "rollouts"],
-                         help="equal steps per arm (the paper) or an equal total rollout budget")
+                              "sqrt, or the same for all (default: compare.lr_rule)")
+    compare.add_argument("--budget", default=None, choices=["steps", "rollouts"],
+                         help="equal steps per arm (the paper) or an equal total rollout "
+                              "budget (default: compare.budget)")
     compare.set_defaults(func=cmd_compare)
 
     evaluate = sub.add_parser("eval", help="held-out accuracy of a model")

@@ -297,6 +297,25 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """How ``duet compare`` sets up its arms (its flags override these)."""
+
+    arms: str = "2,16"
+    """Group sizes to compare, comma-separated; '2+rs' is 2-GRPO with resampling."""
+    lr_rule: Literal["linear", "sqrt", "same"] = "linear"
+    """Learning rate per arm, anchored at the base config's (prompts_per_step, lr): 'linear'
+    in prompts per step (the paper: 32 x 16 at 1e-6, 256 x 2 at 8e-6), 'sqrt', or 'same'."""
+    budget: Literal["steps", "rollouts"] = "steps"
+    """'steps': every arm runs `steps` steps (the paper); 'rollouts': the same total rollouts."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr_rule in ("linear", "sqrt", "same"), "lr_rule", self.lr_rule,
+                 "must be 'linear', 'sqrt' or 'same'")
+        _require(self.budget in ("steps", "rollouts"), "budget", self.budget,
+                 "must be 'steps' or 'rollouts'")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One duet run: every section, plus the run's own bookkeeping."""
 
@@ -332,6 +351,8 @@ class RunConfig:
     """The replay queue."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     """Ray placement and metrics."""
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    """The arms of `duet compare`."""
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "name", self.name,

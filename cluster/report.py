@@ -110,9 +110,13 @@ def write_report(run_dir: Path, title: str = "duet: 2-GRPO vs 16-GRPO") -> Path:
             "",
             f"Paper: {PAPER['source']}.",
             "",
-            "What differs here: a ~0.8M-parameter model warm-started on synthetic 2-digit "
-            f"addition instead of Qwen2.5-Math on MATH; {_rollouts_per_step(arms)} rollouts "
-            "per step instead of 512; CPU engines; both arms run the same number of steps with the same "
+            "What differs here: "
+            + ("a ~0.8M-parameter model warm-started on synthetic 2-digit addition by a "
+               "teacher that answers the sum plus one 60% of the time (a wrong habit for RL "
+               "to unlearn) instead of Qwen2.5-Math on MATH; " if _embedded(arms) else "")
+            + f"{_rollouts_per_step(arms)} rollouts per step"
+            + (" instead of 512; CPU engines" if _embedded(arms) else "")
+            + "; both arms run the same number of steps with the same "
             "rollouts per step, so — unlike the paper, whose 2-GRPO arm also used 1/8 of the "
             "rollouts over its training — the time ratio here measures per-rollout cost, not "
             "a smaller rollout budget. On a tiny model generation is cheap, so the paper's "
@@ -161,7 +165,26 @@ def _config_note(arms: Dict[str, Path]) -> str:
             c = yaml.safe_load(cfg.read_text())
             parts.append(f"{arm}: {c['algo']['prompts_per_step']} prompts x "
                          f"{c['algo']['group_size']} at lr {c['learner']['lr']:.3g}")
-    return ("Arms (equal rollouts per step): " + "; ".join(parts) + ".") if parts else ""
+    if not parts:
+        return ""
+    note = "Arms (equal rollouts per step): " + "; ".join(parts) + "."
+    base = arms[next(iter(arms))].parent / "config.yaml"
+    if base.exists():
+        import yaml
+
+        rule = (yaml.safe_load(base.read_text()).get("compare") or {}).get("lr_rule")
+        if rule:
+            note += f" Learning-rate rule: `{rule}` (compare.lr_rule)."
+    return note
+
+
+def _embedded(arms: Dict[str, Path]) -> bool:
+    cfg = arms[next(iter(arms))] / "config.yaml"
+    if not cfg.exists():
+        return False
+    import yaml
+
+    return str(yaml.safe_load(cfg.read_text())["model"]["path"]).startswith("embedded:")
 
 
 def _write_tables(run_dir: Path, arms: Dict[str, Path]) -> None:

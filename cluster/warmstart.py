@@ -2,12 +2,16 @@
 
 A randomly initialised model never answers "37+45=" correctly, so RL has nothing to
 reinforce. duet trains it supervised on the task's own training stream (prompt -> answer,
-then end-of-sequence) for a fixed number of steps with a linearly decaying learning rate,
-which on the default task lands near 40% greedy held-out accuracy (measured: 41.5%) and
-about 10% sampled at temperature 1: weak enough to improve, strong enough to sample
-correct answers. The result is cached by everything that determines it (model shape, task,
-seed, steps), so it is built once per machine and both arms of a comparison start from the
-very same weights. Deterministic: fixed seed, fixed steps, single thread.
+then end-of-sequence) with a linearly decaying learning rate, from a *slipping teacher*: 60%
+of the targets are the sum plus one. The model so learns to add and also picks up a wrong
+habit it prefers to the right answer; it lands near 35% greedy held-out accuracy (measured:
+34.0%; mean@8 38.4%). That is the situation RL with a verifier is for: the right answer is
+already among the model's samples, and only the reward can say which one it is. (Trained on
+the plain sums instead, this model's errors are gaps in skill that 300 RL steps do not
+close: held-out accuracy does not rise.) The result is cached by everything that determines
+it (model shape, task, recipe), so it is built once per machine and both arms of a
+comparison start from the very same weights. Deterministic: fixed seed, fixed steps, single
+thread.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from cluster.embedded import (
 class WarmStart:
     """Supervised warm-start recipe for the embedded model."""
 
-    steps: int = 1500
+    steps: int = 4000
     """Optimizer steps of supervised training (learning rate decays linearly to 0)."""
     batch_size: int = 64
     """Examples per step."""
@@ -44,7 +48,7 @@ class WarmStart:
     """AdamW learning rate."""
     seed: int = 0
     """Seed for initialisation and the example stream."""
-    teacher_slip: float = 0.0
+    teacher_slip: float = 0.6
     """Share of examples whose target is the sum plus one instead of the sum: a systematic
     slip the starting policy inherits. It then knows both answers and prefers the wrong one
     when this exceeds 0.5, which only a verifier can tell it."""
