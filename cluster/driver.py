@@ -29,6 +29,8 @@ import pyarrow as pa
 import ray
 
 from cluster.config import RunConfig, to_yaml
+from cluster.loop_metrics import LoopMetrics
+from cluster.metrics import serve_once
 from cluster.run_log import RunLog
 
 MAX_LEARNER_RESTARTS = 3
@@ -110,6 +112,11 @@ class Driver:
         self._unacked: List[int] = []
         self._sync_futures: Optional[list] = None  # async mode: updates still in flight
         self._busy = {"rollout": 0.0, "learner": 0.0}
+        self.metrics = LoopMetrics(config.name)
+        if config.cluster.metrics_port:
+            port = serve_once(config.cluster.metrics_port, config.cluster.metrics_host)
+            self.progress({"kind": "info", "message": "metrics at "
+                           f"http://{config.cluster.metrics_host}:{port}/metrics"})
 
     # ------------------------------------------------------------------ set-up
 
@@ -122,10 +129,16 @@ class Driver:
         (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
         attempt = len(list((self.run_dir / "queue").glob("attempt-*")))
         queue_name = f"duet-queue-{uuid.uuid4().hex[:12]}"
+        cluster = self.config.cluster
         self.queue = ReplayQueueActor.options(name=queue_name).remote(
-            self.config.queue, str(self.run_dir / "queue" / f"attempt-{attempt}"))
+            self.config.queue, str(self.run_dir / "queue" / f"attempt-{attempt}"),
+            cluster.metrics_host, cluster.metrics_port + 1 if cluster.metrics_port else 0)
         ray.get([a.reset.remote(self.config, queue_name, str(self.run_dir / "state"))
                  for a in self.actors])
+        skipped = ray.get(self.actors[0].source_stats.remote())
+        if skipped:  # dataset rows refused at load (task.skip_bad_rows): never became groups
+            self.ledger.write("bad_rows", counts=skipped)
+            self.summary.dropped["bad_row"] = sum(skipped.values())
         ckpt = latest_checkpoint(self.ckpt_dir) if self.resume else None
         step, version = 0, 0
         if ckpt is not None:
@@ -172,6 +185,7 @@ class Driver:
             manifest, refs = self._published
             ray.get([a.update_weights.remote(manifest, refs) for a in stale])
             self.log.write("rollout_resync", actors=len(stale), policy_version=version)
+            self.metrics.restarted("rollout", len(stale))
 
     # ------------------------------------------------------------------ the loop
 
@@ -204,8 +218,13 @@ class Driver:
             busy = s.generate_seconds + s.reward_seconds + s.queue_seconds
             self._busy["rollout"] += busy / len(self.actors)
             for reason, n in s.groups_dropped.items():
-                self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
+                self._count_drop(reason, n)
         return out
+
+    def _count_drop(self, reason: str, n: int, in_summary: bool = True) -> None:
+        if in_summary:  # (stale drops reach the summary from the queue's own count)
+            self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + n
+        self.metrics.dropped(reason, n)
 
     def _take_step_batch(self, version: int, step: int
                          ) -> Tuple[Optional[pa.RecordBatch], List[int], Dict[str, float]]:
@@ -218,6 +237,7 @@ class Driver:
                 "staleness_max": float(max(delivery.staleness, default=0))}
         if delivery.stale_ids:
             self.ledger.write("dropped", reason="stale", step=step, group_ids=delivery.stale_ids)
+            self._count_drop("stale", len(delivery.stale_ids), in_summary=False)
         if not delivery.offsets:
             return None, [], info
         batch = delivery.batch
@@ -228,7 +248,7 @@ class Driver:
             ids = batch.column("group_id").to_pylist()
             self.ledger.write("dropped", reason="reward_error", step=step,
                               group_ids=[i for i, good in zip(ids, ok) if not good])
-            self.summary.dropped["reward_error"] = self.summary.dropped.get("reward_error", 0) + len(bad)
+            self._count_drop("reward_error", len(bad))
             batch = batch.filter(pa.array(ok))
         offsets = [o for o, good in zip(delivery.offsets, ok) if good]
         return (batch if offsets else None), offsets, info
@@ -241,6 +261,7 @@ class Driver:
                "wall_s": time.perf_counter() - self._t0}
         self.summary.eval.append(row)
         self.log.write("eval", **row)
+        self.metrics.eval(row)
         self.progress({"kind": "eval", **row})
         return row
 
@@ -319,6 +340,7 @@ class Driver:
                     "tokens_per_s": (row.get("completion_tokens", 0.0)
                                      / max(row.get("generate_s", 0.0), 1e-9))})
         self.log.write("step", **row)
+        self.metrics.step(row)
         self.progress({"kind": "step", **row})
         return step, version, pending
 
@@ -379,6 +401,7 @@ class Driver:
         from learner.learner_actor import LearnerGroup
 
         self.summary.learner_restarts += 1
+        self.metrics.restarted("learner")
         if attempt > MAX_LEARNER_RESTARTS:
             raise RunFailed(f"learner failed {attempt} times; last error: {err}") from None
         self.learner.kill()

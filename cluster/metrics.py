@@ -56,6 +56,60 @@ CATALOGUE: Tuple[MetricSpec, ...] = (
                buckets=SECONDS_BUCKETS),
     MetricSpec("duet_queue_blocked_seconds", "counter",
                "Total time producers waited for capacity."),
+    # the RL loop, exported by the driver; `run` is the run name (for `duet compare`,
+    # <name>-g2 / <name>-g16 / <name>-g2rs, so arms sit side by side)
+    MetricSpec("duet_steps", "counter", "Learner steps taken.", ("run",)),
+    MetricSpec("duet_policy_version", "gauge", "Policy version the engines hold.", ("run",)),
+    MetricSpec("duet_rollouts", "counter", "Completions generated.", ("run",)),
+    MetricSpec("duet_rollout_tokens", "counter", "Completion tokens generated.", ("run",)),
+    MetricSpec("duet_groups", "counter",
+               "Groups produced, by kind: 'informative' (rewards differ) or 'tied'.",
+               ("run", "kind")),
+    MetricSpec("duet_informative_group_rate", "gauge",
+               "Share of the last step's trained groups whose rewards differ (carry signal).",
+               ("run",)),
+    MetricSpec("duet_dropped_groups", "counter",
+               "Groups dropped by the loop, by reason (tie, too_long, stale, reward_error).",
+               ("run", "reason")),
+    MetricSpec("duet_reward_mean", "gauge", "Mean reward of the last step's trained groups.",
+               ("run",)),
+    MetricSpec("duet_reward_flagged", "counter",
+               "Samples whose reward function raised, timed out or returned a non-number.",
+               ("run",)),
+    MetricSpec("duet_generation_seconds", "histogram",
+               "Engine time per step (slowest rollout actor).", ("run",)),
+    MetricSpec("duet_reward_seconds", "histogram", "Reward scoring time per step.", ("run",)),
+    MetricSpec("duet_learner_step_seconds", "histogram", "Learner time per step.", ("run",)),
+    MetricSpec("duet_step_seconds", "histogram", "Wall time per step, end to end.", ("run",)),
+    MetricSpec("duet_learner_tokens", "counter", "Completion tokens trained on.", ("run",)),
+    MetricSpec("duet_loss", "gauge", "Policy loss of the last step.", ("run",)),
+    MetricSpec("duet_kl", "gauge", "KL to the reference model, last step (0 when off).",
+               ("run",)),
+    MetricSpec("duet_clip_fraction", "gauge",
+               "Share of tokens whose ratio was clipped, last step.", ("run",)),
+    MetricSpec("duet_is_ratio", "gauge",
+               "Importance ratio pi/pi_old over the last step's tokens, by stat (mean, max).",
+               ("run", "stat")),
+    MetricSpec("duet_is_weight", "gauge",
+               "Truncated importance weight against the engine's logprobs, by stat (mean, max).",
+               ("run", "stat")),
+    MetricSpec("duet_skipped_updates", "counter", "Updates skipped for a non-finite loss.",
+               ("run",)),
+    MetricSpec("duet_sync_seconds", "histogram",
+               "Weight-sync time by phase: gather, transfer, load, verify.", ("run", "phase")),
+    MetricSpec("duet_sync_bytes", "counter", "Weight bytes published to the engines.", ("run",)),
+    MetricSpec("duet_sync_probe_diff", "gauge",
+               "Largest |logprob| difference of the last sync's verification probe.", ("run",)),
+    MetricSpec("duet_staleness_max", "gauge",
+               "Largest policy-version lag among the last step's groups.", ("run",)),
+    MetricSpec("duet_idle_seconds", "counter",
+               "Time a role spent waiting for the other, by role (rollout, learner).",
+               ("run", "role")),
+    MetricSpec("duet_actor_restarts", "counter",
+               "Actors restarted after a failure, by role (rollout, learner).", ("run", "role")),
+    MetricSpec("duet_eval_accuracy", "gauge",
+               "Held-out accuracy at the last evaluation, by metric (greedy, mean_at_k).",
+               ("run", "metric")),
 )
 
 _BY_NAME: Dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
@@ -91,3 +145,33 @@ def serve(port: int, host: str = "127.0.0.1",
     """Expose ``registry`` on http://host:port/metrics; returns the bound port."""
     server, _ = start_http_server(port, addr=host, registry=registry or REGISTRY)
     return server.server_port
+
+
+_SERVED: Dict[Tuple[str, int], int] = {}
+_PROCESS_SET: Optional[MetricSet] = None
+
+
+def process_metrics() -> MetricSet:
+    """This process's metric set on the default registry (one per process: several runs,
+    e.g. the arms of a comparison, share it and differ by their ``run`` label)."""
+    global _PROCESS_SET
+    if _PROCESS_SET is None:
+        _PROCESS_SET = MetricSet()
+    return _PROCESS_SET
+
+
+def serve_once(port: int, host: str = "127.0.0.1") -> int:
+    """``serve`` the default registry, at most once per (host, port) in this process."""
+    key = (host, port)
+    if key not in _SERVED:
+        _SERVED[key] = serve(port, host)
+    return _SERVED[key]
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as a Markdown table (the README's metric list is generated from it)."""
+    rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for spec in CATALOGUE:
+        name = spec.name + ("_total" if spec.kind == "counter" else "")
+        rows.append(f"| `{name}` | {spec.kind} | {', '.join(spec.labels) or '—'} | {spec.help} |")
+    return "\n".join(rows)
