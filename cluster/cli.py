@@ -121,8 +121,9 @@ def _resource_plan(config: RunConfig) -> str:
     return "\n".join([
         "resource plan:",
         f"  rollout actors : {r.num_workers} (one vLLM engine each)",
-        f"  learner ranks  : {lrn.num_ranks} (DeepSpeed ZeRO-{lrn.zero_stage}, one GPU each on GPU)",
-        f"  GPUs           : {r.num_workers + lrn.num_ranks} (rollout + learner, when on GPU)",
+        f"  learner ranks  : {lrn.num_ranks} (DeepSpeed ZeRO-{lrn.zero_stage})",
+        f"  GPUs           : {(r.num_workers + lrn.num_ranks) * config.cluster.gpus_per_actor:g} "
+        f"({config.cluster.gpus_per_actor:g} per rollout actor and learner rank)",
         f"  replay queue   : 1 actor, {config.queue.capacity_groups} groups / "
         f"{config.queue.capacity_bytes / 2**20:.0f} MiB, max staleness {config.queue.max_staleness}",
         f"  batch geometry : {a.prompts_per_step} prompts x {a.group_size} = "
@@ -212,6 +213,53 @@ def cmd_eval(args) -> int:
     return 0
 
 
+RUNTIME_ENV = Path(__file__).resolve().parents[1] / "deploy" / "runtime_env.yaml"
+
+
+def submit_command(args) -> List[str]:
+    """The `ray job submit` command line for ``duet submit``."""
+    import os
+    import shutil
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ConfigError("--address", "no Ray cluster given: pass --address "
+                          "http://HEAD:8265 (the job API) or set RAY_ADDRESS")
+    rest = list(args.duet_args)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest or rest[0] not in ("train", "compare", "eval"):
+        raise ConfigError("duet submit", "name the command to run on the cluster, e.g. "
+                          "duet submit -- train --config deploy/configs/qwen2.5-math-1.5b-g2.yaml")
+    sibling = Path(sys.executable).with_name("ray")
+    ray_cli = str(sibling) if sibling.exists() else (shutil.which("ray") or "ray")
+    cmd = [ray_cli, "job", "submit", "--address", address, "--working-dir", args.working_dir,
+           "--runtime-env", args.runtime_env]
+    if args.submission_id:
+        cmd += ["--submission-id", args.submission_id]
+    if args.no_wait:
+        cmd.append("--no-wait")
+    return cmd + ["--", "python", "-m", "cluster.cli", *rest]
+
+
+def cmd_submit(args) -> int:
+    import os
+    import subprocess
+
+    cmd = submit_command(args)
+    env = dict(os.environ)
+    # Ray 2.60 clusters started with `ray start` require their token; the client only
+    # sends it (from ~/.ray/auth_token) in token mode.
+    if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").exists():
+        env["RAY_AUTH_MODE"] = "token"
+    print("$ " + " ".join(cmd), flush=True)
+    code = subprocess.call(cmd, env=env)
+    if code == 0 and not args.no_wait:
+        print("job finished; its run folder is under the job's output_dir (see 'run written "
+              "to' above); `ray job logs <id>` shows the log again")
+    return code
+
+
 def cmd_audit(args) -> int:
     from cluster.audit import audit, audit_json
 
@@ -282,6 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild report.md/png from a compare run")
     report.add_argument("run_dir", help="runs/<name> of a compare run")
     report.set_defaults(func=cmd_report)
+
+    submit = sub.add_parser(
+        "submit", help="run a duet command on a Ray cluster with `ray job submit`",
+        description="Runs `ray job submit --working-dir . --runtime-env deploy/runtime_env.yaml "
+                    "-- python -m cluster.cli <command> ...` against --address or $RAY_ADDRESS. "
+                    "Set output_dir to storage the cluster and you can both read.")
+    submit.add_argument("--address", default=None,
+                        help="Ray job API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument("--runtime-env", default=str(RUNTIME_ENV),
+                        help="runtime env YAML (default: deploy/runtime_env.yaml)")
+    submit.add_argument("--working-dir", default=".", help="folder shipped to the cluster")
+    submit.add_argument("--submission-id", default=None, help="job id to use")
+    submit.add_argument("--no-wait", action="store_true",
+                        help="return once submitted (then: ray job logs -f <id>)")
+    submit.add_argument("duet_args", nargs=argparse.REMAINDER,
+                        help="-- then the duet command, e.g. -- train --config FILE key=value")
+    submit.set_defaults(func=cmd_submit)
 
     audit = sub.add_parser("audit", help="check that every group was trained once or dropped "
                                          "for a named reason (exit 1 if not)")

@@ -284,6 +284,9 @@ class ClusterConfig:
     while the learner trains, bounded by queue.max_staleness."""
     num_cpus: Optional[int] = None
     """CPUs for a local Ray instance (None: all)."""
+    gpus_per_actor: float = 0.0
+    """GPUs each rollout actor and each learner rank asks Ray for: 0 on CPU, 1 on a GPU
+    cluster (the paper presets), a fraction to pack several on one GPU."""
     metrics_host: str = "127.0.0.1"
     """Interface the Prometheus endpoints bind to. Use 0.0.0.0 only on a trusted network."""
     metrics_port: int = 0
@@ -292,6 +295,7 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         _require(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", self.num_cpus,
                  "must be >= 1 or null")
+        _require(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "must be >= 0")
         _require(0 <= self.metrics_port < 65536, "metrics_port", self.metrics_port,
                  "must be a port number (0 disables metrics)")
 

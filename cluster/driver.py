@@ -62,11 +62,14 @@ def split(total: int, parts: int) -> List[int]:
 
 
 def start_ray(config: RunConfig) -> None:
-    """Join ``cluster.address`` or start a local Ray instance sized for the run's actors."""
+    """Join ``cluster.address`` (or $RAY_ADDRESS) or start a local Ray instance sized for the
+    run's actors."""
     if ray.is_initialized():
         return
-    if config.cluster.address:
-        ray.init(address=config.cluster.address, log_to_driver=False)
+    # Inside `ray job submit` Ray sets RAY_ADDRESS: join that cluster.
+    address = config.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
         return
     needed = config.rollout.num_workers + config.learner.num_ranks
     cpus = config.cluster.num_cpus or max(needed, os.cpu_count() or 1)
@@ -81,7 +84,8 @@ def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> list:
 
     # A fresh home per launch: a restarted actor reads only this launch's assignment.
     home = Path(state_dir) / uuid.uuid4().hex[:12]
-    actors = [RolloutActor.remote(config, w, model_path, str(home))
+    gpus = config.cluster.gpus_per_actor
+    actors = [RolloutActor.options(num_gpus=gpus).remote(config, w, model_path, str(home))
               for w in range(config.rollout.num_workers)]
     ray.get([a.state.remote() for a in actors])
     return actors

@@ -262,7 +262,8 @@ class LearnerGroup:
         port = free_port()
         world = config.learner.num_ranks
         self.ranks = [
-            LearnerActor.options(num_cpus=num_cpus).remote(config, r, world, port, model_path)
+            LearnerActor.options(num_cpus=num_cpus, num_gpus=config.cluster.gpus_per_actor)
+            .remote(config, r, world, port, model_path)
             for r in range(world)
         ]
 
