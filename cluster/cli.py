@@ -260,6 +260,60 @@ def cmd_submit(args) -> int:
     return code
 
 
+def cmd_plan(args) -> int:
+    from cluster.plan import (
+        PAPER_HOURS,
+        PAPER_PRESETS,
+        assumed_costs,
+        measured_costs,
+        paper_implied,
+        parameters_of,
+        project,
+    )
+
+    root = Path(__file__).resolve().parents[1]
+    sources = args.config or [str(root / p) for p in PAPER_PRESETS]
+    rows = []
+    for source in sources:
+        config = load_config(source, args.overrides)
+        costs = (measured_costs(Path(args.measured)) if args.measured
+                 else assumed_costs(args.params or parameters_of(config)))
+        proj = project(config, costs, args.response_tokens,
+                       None if args.dataset_size == 0 else args.dataset_size, args.epochs,
+                       args.evals, args.eval_prompts, args.eval_k)
+        rows.append((config, proj, costs))
+    print(f"cost source: {rows[0][2].source}")
+    print(f"assumed: {args.response_tokens:g} completion tokens per rollout; "
+          + (f"{args.epochs:g} epochs over {args.dataset_size} prompts; " if args.dataset_size
+             else "the configs' own steps; ")
+          + f"{args.evals} evaluations of {args.eval_prompts} prompts x {args.eval_k} samples")
+    def span(seconds: float) -> str:
+        return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.1f} s"
+
+    print("| config | GPUs | steps | s/step (generate + train + fixed) | evaluation | total |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for config, p, _ in rows:
+        gpus = (config.rollout.num_workers + config.learner.num_ranks) * max(
+            config.cluster.gpus_per_actor, 0)
+        print(f"| {config.name} (G={config.algo.group_size}) | {gpus:g} | {p.steps} | "
+              f"{p.step_s:.3g} ({p.generate_s:.3g} + {p.train_s:.3g} + {p.fixed_s:.3g}) | "
+              f"{span(p.eval_s)} | {span(p.hours * 3600)} |")
+    sizes = {c.algo.group_size: p for c, p, _ in rows}
+    if 2 in sizes and 16 in sizes:
+        ratio = sizes[2].hours / sizes[16].hours
+        print(f"\nprojected 2-GRPO / 16-GRPO time: {ratio:.1%}")
+        if not args.config:
+            implied = paper_implied()
+            paper = PAPER_HOURS[2] / PAPER_HOURS[16]
+            print(f"paper (Qwen2.5-Math-1.5B, MATH, 4 GPUs): {PAPER_HOURS[2]} h vs "
+                  f"{PAPER_HOURS[16]} h = {paper:.1%}; if both arms' steps cost the same, "
+                  f"those totals imply {implied['step_s']:.1f} s per step and "
+                  f"{implied['fixed_hours']:.2f} h of per-run costs (evaluation, start-up, "
+                  "checkpoints) that do not shrink with fewer steps: that fixed part is why "
+                  "the paper's ratio is above the 12.5% step ratio")
+    return 0
+
+
 def cmd_audit(args) -> int:
     from cluster.audit import audit, audit_json
 
@@ -347,6 +401,29 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("duet_args", nargs=argparse.REMAINDER,
                         help="-- then the duet command, e.g. -- train --config FILE key=value")
     submit.set_defaults(func=cmd_submit)
+
+    plan = sub.add_parser(
+        "plan", help="project step time and total hours from per-token costs",
+        description="Projects steps, seconds per step and total hours (default: the paper's "
+                    "Qwen2.5-Math-1.5B presets at G=2 and G=16, on the paper's schedule) "
+                    "and compares the 2-vs-16 ratio with the paper's hours.")
+    plan.add_argument("--config", action="append", default=None,
+                      help="preset to project (repeatable; default: the two 1.5B presets)")
+    plan.add_argument("--measured", default=None,
+                      help="runs/<name> of a finished run: use its measured per-token costs")
+    plan.add_argument("--params", type=float, default=None,
+                      help="model parameters (default: from model.path's config.json or name)")
+    plan.add_argument("--response-tokens", type=float, default=800.0,
+                      help="mean completion tokens per rollout (default 800)")
+    plan.add_argument("--dataset-size", type=int, default=7500,
+                      help="prompts per epoch (MATH train: 7500; 0: use the configs' steps)")
+    plan.add_argument("--epochs", type=float, default=10.0, help="epochs (the paper: 10)")
+    plan.add_argument("--evals", type=int, default=10, help="evaluations during training")
+    plan.add_argument("--eval-prompts", type=int, default=1517,
+                      help="held-out prompts per evaluation (the paper's 5 benchmarks: 1517)")
+    plan.add_argument("--eval-k", type=int, default=32, help="samples per eval prompt (mean@32)")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+    plan.set_defaults(func=cmd_plan)
 
     audit = sub.add_parser("audit", help="check that every group was trained once or dropped "
                                          "for a named reason (exit 1 if not)")

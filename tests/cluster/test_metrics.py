@@ -79,3 +79,12 @@ def test_step_rows_become_labelled_series():
     assert value('duet_actor_restarts_total{role="rollout",run="demo-g2"}') == 1
     exported = {exported_base(m) for m in re.findall(r"^(duet_[a-z_]+)", text, re.M)}
     assert exported <= NAMES
+
+
+def test_readme_catalogue_matches_the_code():
+    from cluster.metrics import catalogue_markdown
+
+    readme = (DEPLOY.parent / "README.md").read_text()
+    start = readme.index("<!-- metrics catalogue: generated from cluster.metrics.catalogue_markdown() -->")
+    end = readme.index("<!-- end of metrics catalogue -->")
+    assert readme[start:end].split("\n", 1)[1].strip() == catalogue_markdown().strip()
