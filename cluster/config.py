@@ -284,6 +284,11 @@ class ClusterConfig:
     while the learner trains, bounded by queue.max_staleness."""
     num_cpus: Optional[int] = None
     """CPUs for a local Ray instance (None: all)."""
+    rollout_resource: str = ""
+    """A custom Ray resource every rollout actor needs (a tiny share of it), pinning them to
+    the nodes that offer it; empty: anywhere."""
+    learner_resource: str = ""
+    """Likewise for the learner ranks (e.g. keep them on the node with the fast GPUs)."""
     gpus_per_actor: float = 0.0
     """GPUs each rollout actor and each learner rank asks Ray for: 0 on CPU, 1 on a GPU
     cluster (the paper presets), a fraction to pack several on one GPU."""

@@ -248,6 +248,10 @@ class LearnerRank:
         if os.path.exists(rng):
             torch.set_rng_state(load_file(rng)["torch"])
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks)."""
+        return ray.get_runtime_context().get_node_id()
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -262,7 +266,9 @@ class LearnerGroup:
         port = free_port()
         world = config.learner.num_ranks
         self.ranks = [
-            LearnerActor.options(num_cpus=num_cpus, num_gpus=config.cluster.gpus_per_actor)
+            LearnerActor.options(num_cpus=num_cpus, num_gpus=config.cluster.gpus_per_actor,
+                                 **({"resources": {config.cluster.learner_resource: 0.001}}
+                                    if config.cluster.learner_resource else {}))
             .remote(config, r, world, port, model_path)
             for r in range(world)
         ]

@@ -22,7 +22,7 @@ def test_compose_file_validates_with_docker_compose():
     config = yaml.safe_load(out.stdout)
     assert {"ray-head", "duet", "prometheus", "grafana"} <= set(config["services"])
     assert all(s.get("network_mode") == "host" for s in config["services"].values())
-    head = config["services"]["ray-head"]["command"]
+    head = " ".join(config["services"]["ray-head"]["command"])
     assert "--dashboard-host=127.0.0.1" in head  # loopback unless RAY_DASHBOARD_HOST says so
     assert "127.0.0.1:29090" in " ".join(config["services"]["prometheus"]["entrypoint"])
 
