@@ -245,7 +245,10 @@ def submit_command(args) -> List[str]:
 def cmd_submit(args) -> int:
     import os
     import subprocess
+    import uuid
 
+    if not args.submission_id:  # a known id lets a refused submission be told from a failed job
+        args.submission_id = f"duet-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     cmd = submit_command(args)
     env = dict(os.environ)
     # Ray 2.60 clusters started with `ray start` require their token; the client only
@@ -253,10 +256,21 @@ def cmd_submit(args) -> int:
     if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").exists():
         env["RAY_AUTH_MODE"] = "token"
     print("$ " + " ".join(cmd), flush=True)
-    code = subprocess.call(cmd, env=env)
+    status = [cmd[0], "job", "status", "--address", cmd[cmd.index("--address") + 1],
+              args.submission_id]
+    code = 1
+    for attempt in range(args.retries + 1):
+        code = subprocess.call(cmd, env=env)
+        if code == 0 or subprocess.call(status, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL) == 0:
+            break  # done, or accepted and then failed: never submit it twice
+        # A fresh cluster's job API answers before its job agent takes jobs.
+        print(f"duet: the cluster did not take the job (attempt {attempt + 1}); retrying in "
+              f"{args.retry_seconds:g} s", flush=True)
+        time.sleep(args.retry_seconds)
     if code == 0 and not args.no_wait:
-        print("job finished; its run folder is under the job's output_dir (see 'run written "
-              "to' above); `ray job logs <id>` shows the log again")
+        print(f"job {args.submission_id} finished; its run folder is under the job's "
+              "output_dir (see 'run written to' above); `ray job logs` shows the log again")
     return code
 
 
@@ -396,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runtime env YAML (default: deploy/runtime_env.yaml)")
     submit.add_argument("--working-dir", default=".", help="folder shipped to the cluster")
     submit.add_argument("--submission-id", default=None, help="job id to use")
+    submit.add_argument("--retries", type=int, default=24,
+                        help="resubmit this many times while the cluster refuses the job "
+                             "(a fresh cluster's job agent starts late)")
+    submit.add_argument("--retry-seconds", type=float, default=5.0, help="wait between tries")
     submit.add_argument("--no-wait", action="store_true",
                         help="return once submitted (then: ray job logs -f <id>)")
     submit.add_argument("duet_args", nargs=argparse.REMAINDER,

@@ -84,8 +84,9 @@ def test_prometheus_scrapes_a_duet_run(ray_cluster, tiny_model_path, tmp_path, p
         'duet_sync_seconds_count{run="scraped", phase="load"}': 1,
         'duet_learner_step_seconds_count{run="scraped"}': 1,
         'duet_eval_accuracy{run="scraped", metric="mean_at_k"}': None,
-        # The queue actor ends with the run, so its series are stale by now: look back.
-        'max_over_time(duet_queue_put_groups_total[5m])': 12 * 8,
+        # The queue actor ends with the run, so its series are stale by now: look back
+        # (its last scrape may predate the last puts, so only ask for non-zero).
+        'max_over_time(duet_queue_put_groups_total[5m])': 1,
         'max_over_time(duet_queue_get_seconds_count[5m])': 1,
     }
     deadline = time.monotonic() + 60
