@@ -29,6 +29,8 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   rm -rf "$root"
 fi
 
+PROJECT_COMPOSE=(docker-compose -p "$PROJECT" -f docker/compose.yaml)
+"${PROJECT_COMPOSE[@]}" down -v >/dev/null 2>&1 || true  # a previous smoke run's containers
 rm -f docker/wheels/*.whl docker/certs/extra-ca.pem
 if [ -n "${DUET_WHEELS:-}" ]; then cp "$DUET_WHEELS"/torch-2.13.0+cpu-*.whl docker/wheels/ 2>/dev/null || true; fi
 if [ -n "${EXTRA_CA:-}" ]; then cp "$EXTRA_CA" docker/certs/extra-ca.pem; fi
@@ -45,6 +47,8 @@ docker build --network host -f docker/Dockerfile.prometheus --build-arg BASE_IMA
   -t duet-prometheus docker >/tmp/duet-build-prometheus.log 2>&1 \
   || { tail -30 /tmp/duet-build-prometheus.log; exit 1; }
 
+# Under vfs a container start copies the whole image: give the engine time.
+export COMPOSE_HTTP_TIMEOUT=900
 export DUET_IMAGE=duet-cpu PROMETHEUS_IMAGE=duet-prometheus
 export DUET_COMMAND="${SMOKE_COMMAND:-train name=smoke steps=40 eval_every=20 output_dir=/data/runs cluster.metrics_port=29100}"
 compose=(docker-compose -p "$PROJECT" -f docker/compose.yaml)
