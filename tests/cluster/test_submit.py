@@ -71,8 +71,16 @@ def test_ray_job_submit_runs_the_tiny_job(tiny_model_path, tmp_path):
     env.pop("RAY_ADDRESS", None)
     temp_dir = f"/tmp/dj-{uuid.uuid4().hex[:8]}"  # short: Ray puts unix sockets in it
     gcs, dashboard = free_port(), free_port()
+    # Every port away from Ray's defaults: the test session's own Ray instance holds them
+    # (a second dashboard agent on 52365 fails, and the job API then refuses every job).
+    ports = {flag: free_port() for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "node-manager-port", "object-manager-port",
+        "ray-client-server-port")}
+    env.update(DASHBOARD_METRIC_PORT=str(free_port()), AUTOSCALER_METRIC_PORT=str(free_port()))
     subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    *[f"--{flag}={port}" for flag, port in ports.items()],
                     "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                    env=env, check=True, timeout=180, capture_output=True)
     job = f"duet-test-{uuid.uuid4().hex[:8]}"
