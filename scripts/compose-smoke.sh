@@ -29,8 +29,8 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   rm -rf "$root"
 fi
 
-PROJECT_COMPOSE=(docker-compose -p "$PROJECT" -f docker/compose.yaml)
-"${PROJECT_COMPOSE[@]}" down -v >/dev/null 2>&1 || true  # a previous smoke run's containers
+compose=(docker-compose -p "$PROJECT" -f docker/compose.yaml)
+"${compose[@]}" down -v >/dev/null 2>&1 || true  # a previous smoke run's containers
 rm -f docker/wheels/*.whl docker/certs/extra-ca.pem
 if [ -n "${DUET_WHEELS:-}" ]; then cp "$DUET_WHEELS"/torch-2.13.0+cpu-*.whl docker/wheels/ 2>/dev/null || true; fi
 if [ -n "${EXTRA_CA:-}" ]; then cp "$EXTRA_CA" docker/certs/extra-ca.pem; fi
@@ -51,8 +51,6 @@ docker build --network host -f docker/Dockerfile.prometheus --build-arg BASE_IMA
 export COMPOSE_HTTP_TIMEOUT=900
 export DUET_IMAGE=duet-cpu PROMETHEUS_IMAGE=duet-prometheus
 export DUET_COMMAND="${SMOKE_COMMAND:-train name=smoke steps=40 eval_every=20 output_dir=/data/runs cluster.metrics_port=29100}"
-compose=(docker-compose -p "$PROJECT" -f docker/compose.yaml)
-"${compose[@]}" down -v >/dev/null 2>&1 || true
 say "compose up: ray-head, prometheus, then the job: $DUET_COMMAND"
 "${compose[@]}" up -d ray-head prometheus
 start=$(date +%s)
