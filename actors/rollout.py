@@ -399,6 +399,10 @@ class RolloutWorker:
         """The prompt source's counters (dataset rows skipped at load, by reason)."""
         return self.source.stats()
 
+    def engine_pids(self) -> List[int]:
+        """The processes the engine's workers run in (the actor's own when in-process)."""
+        return list(self.llm.collective_rpc("duet_pid"))
+
     def node_id(self) -> str:
         """The Ray node this actor runs on (placement checks)."""
         return ray.get_runtime_context().get_node_id()

@@ -21,6 +21,7 @@ on a GPU.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import warnings
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -64,6 +65,10 @@ def tensor_views(buffer) -> Iterator[Tuple[str, object]]:
 
 class WeightReceiver:
     """vLLM worker extension: methods callable through ``LLM.collective_rpc``."""
+
+    def duet_pid(self) -> int:
+        """The process the engine's worker runs in (in the actor's, or its own)."""
+        return os.getpid()
 
     def duet_reload(self, paths: Sequence[str]) -> int:
         """Reload the model from safetensors bucket files in place; returns tensors loaded."""

@@ -2,8 +2,9 @@
 # make compose-smoke: build the CPU image and a Prometheus image from a local Debian base,
 # run docker/compose.yaml's Ray head + duet job + Prometheus until the job finishes, and
 # check Prometheus scraped the run. Needs a Docker engine (started here if there is none:
-# Debian's docker.io, vfs storage, no bridge) and debootstrap for the base image; pulls
-# nothing from an image registry. Slow: the image build installs the whole stack.
+# Debian's docker.io, overlay2 storage where the kernel has it, else vfs; no bridge) and
+# debootstrap for the base image; pulls nothing from an image registry. Slow: the image
+# build installs the whole stack.
 #
 # Environment: SMOKE_COMMAND (the job, default a short train run on the embedded model),
 # DUET_WHEELS (a folder of wheels to offer pip, e.g. one holding torch 2.13.0+cpu),
@@ -15,11 +16,16 @@ BASE=duet-base:bookworm
 PROJECT=duetsmoke
 
 if ! docker info >/dev/null 2>&1; then
-  say "starting dockerd (vfs storage, no bridge, no iptables)"
-  (dockerd --iptables=false --bridge=none --storage-driver=vfs >/tmp/duet-dockerd.log 2>&1 &)
+  # overlay2 shares image layers between containers; vfs copies the whole image (~5 GB)
+  # into every container, so it is only the fallback.
+  driver=vfs
+  if grep -qw overlay /proc/filesystems; then driver=overlay2; fi
+  say "starting dockerd ($driver storage, no bridge, no iptables)"
+  (dockerd --iptables=false --bridge=none --storage-driver=$driver >/tmp/duet-dockerd.log 2>&1 &)
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null
 fi
+say "docker storage driver: $(docker info --format '{{.Driver}}')"
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   say "making the base image $BASE with debootstrap"

@@ -6,6 +6,7 @@ One engine is shared by the module's tests (an engine start costs ~30 s on 2 cor
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -85,13 +86,13 @@ def greedy_hf(model, tokenizer, texts, max_new_tokens):
     return out
 
 
-def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
+def check_weight_update(actor, tiny_model_path):
+    """Update the actor's weights, compare greedy output with transformers, try bad payloads."""
     from transformers import AutoTokenizer
 
     from actors.tasks.arithmetic import ArithmeticTask
     from cluster.embedded import build_model
 
-    actor, queue, config = setup
     before = ray.get(actor.state.remote())["policy_version"]
     updated = build_model(seed=42).eval()  # different weights, same architecture
     buckets = list(pack_buckets(updated.state_dict().items(), bucket_bytes=200_000))
@@ -122,6 +123,30 @@ def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
     lying = build_manifest(before + 2, buckets, other, other.config.vocab_size)
     with pytest.raises(WeightSyncError, match="failed verification"):
         ray.get(actor.update_weights.remote(lying, refs))
+
+
+def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
+    check_weight_update(setup[0], tiny_model_path)
+
+
+def test_separate_engine_process_reloads_from_files(setup, tiny_model_path, tmp_path):
+    """rollout.engine_in_process=false: the engine core runs in its own process (vLLM's
+    default), so buckets cross as node-local files; same checks on a real engine."""
+    from actors.rollout import RolloutActor
+
+    _, queue, _ = setup
+    config = load_config(None, ["rollout.max_new_tokens=6", "model.max_model_len=64",
+                                "rollout.engine_in_process=false"])
+    actor = RolloutActor.remote(config, 1, tiny_model_path, str(tmp_path / "state"), queue)
+    try:
+        actor_pid = ray.get(actor.state.remote())["pid"]
+        engine_pids = ray.get(actor.engine_pids.remote())
+        assert engine_pids and actor_pid not in engine_pids
+        check_weight_update(actor, tiny_model_path)
+        folder = Path(os.environ.get("DUET_SYNC_DIR") or "/dev/shm") / f"duet-sync-{actor_pid}"
+        assert folder.is_dir() and not list(folder.iterdir())  # bucket files cleaned up
+    finally:
+        ray.kill(actor)
 
 
 def test_misbehaving_reward_flags_samples_and_actor_runs_on(setup):
