@@ -28,7 +28,7 @@ from benchmarks.common import emit, machine, parser, ratio_summary, summary
 from cluster.config import load_config
 from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
 from cluster.schema import Group, build_batch, to_tensors
-from learner.learner_actor import (
+from learner.rank import (
     LearnerRank,
     free_port,
     micro_batches,

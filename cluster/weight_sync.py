@@ -99,10 +99,11 @@ def probe_token_ids(vocab_size: int, length: int = PROBE_LENGTH, seed: int = 123
 @torch.no_grad()
 def probe_logprobs(model: torch.nn.Module, token_ids: Sequence[int]) -> List[float]:
     """Log-prob of each token after the first, given its prefix, under ``model`` (HF causal LM)."""
-    ids = torch.tensor([list(token_ids)])
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(token_ids)], device=device)
     logits = model(input_ids=ids).logits.float()[0, :-1]  # (T-1, V)
     logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, ids[0, 1:, None])[:, 0].tolist()
+    return logp.gather(-1, ids[0, 1:, None])[:, 0].cpu().tolist()
 
 
 def compare_probe(expected: Sequence[float], got: Sequence[float],

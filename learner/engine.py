@@ -27,8 +27,9 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     """Join the learner's process group (ranks started by Ray rendezvous on their own)."""
     os.environ.update({
         "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(rank),
-        "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0" if not on_gpu() else str(rank),
-        "LOCAL_WORLD_SIZE": "1",
+        # Ray gives each GPU rank its own CUDA_VISIBLE_DEVICES, so a rank's GPU is always
+        # device 0 in its process (rank r's index would not exist there).
+        "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
     })
     if not on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -1,0 +1,273 @@
+"""One learner rank: shard a step's groups, micro-batch by tokens, train with the pure core.
+
+Every rank receives the whole step (a group record batch through the Ray object store) and
+takes its own groups: group i of a mini-batch goes to rank i mod W, so a group is never split
+across ranks and advantages come from each group's rewards (P, G), never from row order.
+Each rank passes the mini-batch's *global* token and sequence counts to ``policy_loss``, so
+the per-rank losses sum to the whole-batch loss; the loss is multiplied by W because
+DeepSpeed averages gradients over ranks. Ranks run the same number of micro-batches (padded
+with empty ones), as ZeRO-3 needs every rank in every collective.
+
+Batches arrive on the CPU (Arrow) and each micro-batch moves to the engine's device, so the
+same code trains on gloo/CPU and NCCL/GPU. Ray is imported only where a rank talks to it
+(publishing weights), so a rank also runs, and is tested, in a plain process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import torch
+
+from cluster.config import RunConfig
+from cluster.schema import TrainBatch, to_tensors
+from cluster.weight_sync import BUCKET_BYTES, WeightManifest, as_payload, build_manifest, pack_buckets
+from learner.algo import compute_advantages, informative, policy_loss
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each token given its prefix: (B, T) ids -> (B, T-1) for positions 1..T-1."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask.long()).logits[:, :-1]
+    logits = logits.float()
+    picked = logits.gather(-1, input_ids[:, 1:, None])[..., 0]
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def micro_batches(rows: Sequence[int], lengths: torch.Tensor, token_budget: int) -> List[List[int]]:
+    """Consecutive rows packed so rows x longest-row stays within ``token_budget``."""
+    out: List[List[int]] = []
+    current: List[int] = []
+    longest = 0
+    for r in rows:
+        width = max(longest, int(lengths[r]))
+        if current and width * (len(current) + 1) > token_budget:
+            out.append(current)
+            current, width = [], int(lengths[r])
+        current.append(r)
+        longest = width
+    if current:
+        out.append(current)
+    return out
+
+
+class LearnerRank:
+    """One data-parallel learner process holding a DeepSpeed engine."""
+
+    def __init__(self, config: RunConfig, rank: int, world_size: int, master_port: int,
+                 model_path: str) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from learner import engine as ds
+
+        self.config, self.rank, self.world_size = config, rank, world_size
+        torch.manual_seed(config.seed + rank)
+        ds.init_distributed(rank, world_size, "127.0.0.1", master_port)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.float32, trust_remote_code=config.model.trust_remote_code)
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.vocab_size = model.config.vocab_size
+        self.reference = None
+        if config.algo.kl_coef > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+            self.reference.eval().requires_grad_(False)
+        self.engine = ds.build_engine(model, config.learner,
+                                      bf16=config.model.dtype == "bfloat16")
+        self.device = torch.device(self.engine.device)
+        if self.reference is not None:
+            self.reference.to(self.device)
+        self._ds = ds
+        self.steps_done = 0
+        self.bad_steps = 0
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self, batch: pa.RecordBatch) -> Dict[str, float]:
+        """One optimizer step per mini-batch, over ``ppo_epochs`` passes; returns metrics."""
+        start = time.perf_counter()
+        algo = self.config.algo
+        t = to_tensors(batch)
+        advantages = compute_advantages(t.rewards, algo.advantage, algo.std, algo.eps)  # (P, G)
+        row_adv = advantages.reshape(-1)  # (B,): rows are group-major by construction
+        lengths = t.attention_mask.sum(1)
+        old_logp = self._old_logprobs(t) if (algo.ppo_epochs > 1 or algo.mini_batches > 1) else None
+        num_groups = t.rewards.shape[0]
+        bounds = [round(num_groups * k / algo.mini_batches) for k in range(algo.mini_batches + 1)]
+        minis = [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
+        sums: Dict[str, float] = {}
+        tokens = 0
+        skipped = 0
+        for _ in range(algo.ppo_epochs):
+            for groups in minis:
+                metrics, n_tokens, ok = self._train_minibatch(t, groups, row_adv, old_logp, lengths)
+                tokens += n_tokens
+                skipped += not ok
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        updates = algo.ppo_epochs * len(minis)
+        out = {k: v / updates for k, v in sums.items()}
+        out.update({
+            "tokens": float(tokens),
+            "groups": float(num_groups),
+            "informative_groups": float(informative(t.rewards).sum()),
+            "reward_mean": float(t.rewards.mean()),
+            "skipped_updates": float(skipped),
+            "learner_seconds": time.perf_counter() - start,
+            "lr": float(self.engine.get_lr()[0]),
+        })
+        self.steps_done += 1
+        return out
+
+    def _rows_of(self, groups: Sequence[int], group_size: int, rank: int) -> List[int]:
+        mine = [g for i, g in enumerate(groups) if i % self.world_size == rank]
+        return [g * group_size + j for g in mine for j in range(group_size)]
+
+    def _train_minibatch(self, t: TrainBatch, groups: Sequence[int], row_adv: torch.Tensor,
+                         old_logp: Optional[torch.Tensor], lengths: torch.Tensor
+                         ) -> Tuple[Dict[str, float], int, bool]:
+        algo = self.config.algo
+        size = t.group_size
+        all_rows = [g * size + j for g in groups for j in range(size)]
+        mask_all = t.completion_mask[:, 1:]
+        totals = dict(total_tokens=float(mask_all[all_rows].sum()), total_seqs=float(len(all_rows)),
+                      norm_len=float(self.config.rollout.max_new_tokens))
+        budget = self.config.learner.micro_batch_tokens
+        plans = [micro_batches(self._rows_of(groups, size, r), lengths, budget)
+                 for r in range(self.world_size)]
+        mine = plans[self.rank]
+        count = max(len(p) for p in plans)
+        mine = mine + [[]] * (count - len(mine))  # empty micro-batches keep ranks in step
+        metrics_sum: Dict[str, float] = {}
+        my_tokens = 0
+        loss_total = 0.0
+        dev = self.device
+        for i, rows in enumerate(mine):
+            empty = not rows
+            rows = rows or [0]
+            width = int(lengths[rows].max())
+            ids = t.input_ids[rows, :width].to(dev)
+            attn = t.attention_mask[rows, :width].to(dev)
+            mask = t.completion_mask[rows, 1:width].to(dev).float() * (0.0 if empty else 1.0)
+            logp = token_logprobs(self.engine, ids, attn)
+            old = (old_logp[rows, :width - 1].to(dev) if old_logp is not None else logp.detach())
+            ref = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref = token_logprobs(self.reference, ids, attn)
+            loss, metrics = policy_loss(
+                logp, old, row_adv[rows].to(dev), mask,
+                clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+                ratio_level=algo.ratio_level, aggregation=algo.aggregation,
+                behaviour_logp=t.behaviour_logprobs[rows, 1:width].to(dev), tis_cap=algo.tis_cap,
+                ref_logp=ref, kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator, **totals)
+            self.engine.set_gradient_accumulation_boundary(i == count - 1)
+            # DeepSpeed averages gradients over ranks; the shard losses already sum to the
+            # global loss, so undo the average.
+            self.engine.backward(loss * self.world_size)
+            loss_total += float(loss.detach())
+            if not empty:
+                n = int(mask.sum())
+                my_tokens += n
+                for k, v in metrics.items():
+                    metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) * n
+        ok = math.isfinite(loss_total)
+        if ok:
+            self.engine.step()
+            self.bad_steps = 0
+        else:
+            self.engine.zero_grad()
+            self.bad_steps += 1
+            if self.bad_steps >= self.config.learner.max_bad_steps:
+                raise FloatingPointError(
+                    f"non-finite loss in {self.bad_steps} consecutive updates "
+                    f"(learner.max_bad_steps={self.config.learner.max_bad_steps}); stopping")
+        out = {k: v / max(my_tokens, 1) for k, v in metrics_sum.items()}
+        out["loss"] = loss_total
+        return out, my_tokens, ok
+
+    @torch.no_grad()
+    def _old_logprobs(self, t: TrainBatch) -> torch.Tensor:
+        """Log-probs under the weights at the start of the step (pi_old), all rows."""
+        out = torch.zeros(t.input_ids.shape[0], t.input_ids.shape[1] - 1)
+        lengths = t.attention_mask.sum(1)
+        for rows in micro_batches(list(range(t.input_ids.shape[0])), lengths,
+                                  self.config.learner.micro_batch_tokens):
+            width = int(lengths[rows].max())
+            out[rows, :width - 1] = token_logprobs(
+                self.engine, t.input_ids[rows, :width].to(self.device),
+                t.attention_mask[rows, :width].to(self.device)).cpu()
+        return out
+
+    # ------------------------------------------------------------------ weights
+
+    def publish(self, version: int, bucket_bytes: int = BUCKET_BYTES
+                ) -> Optional[Tuple[WeightManifest, List[object], float]]:
+        """Gather full weights (a collective); rank 0 returns (manifest, bucket refs, seconds)."""
+        import ray
+
+        start = time.perf_counter()
+        with self._ds.full_parameters(self.engine):
+            if self.rank != 0:
+                return None
+            named = list(self._ds.named_full_tensors(self.engine))
+            buckets = list(pack_buckets(named, bucket_bytes))
+            manifest = build_manifest(version, buckets, self.engine.module, self.vocab_size)
+        refs = [ray.put(as_payload(data)) for data, _ in buckets]
+        return manifest, refs, time.perf_counter() - start
+
+    def weights(self) -> Dict[str, torch.Tensor]:
+        """Full weights on every rank (a collective), for tests and checkpoints."""
+        with self._ds.full_parameters(self.engine):
+            return {k: v.clone() for k, v in self._ds.named_full_tensors(self.engine)}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, folder: str, tokenizer_path: str) -> None:
+        """Optimizer/scheduler state and RNG state of every rank, and (rank 0) an HF model."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        self._ds.save_state(self.engine, folder, self.rank)
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        save_file(rng, os.path.join(folder, f"rng-rank{self.rank}.safetensors"))
+        with self._ds.full_parameters(self.engine):
+            if self.rank == 0:
+                from transformers import AutoTokenizer
+
+                model_dir = os.path.join(folder, "model")
+                self.engine.module.save_pretrained(model_dir, safe_serialization=True)
+                AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(model_dir)
+
+    def load(self, folder: str) -> None:
+        from safetensors.torch import load_file
+
+        self._ds.load_state(self.engine, folder, self.rank,
+                            os.path.join(folder, "model"))
+        rng = os.path.join(folder, f"rng-rank{self.rank}.safetensors")
+        if os.path.exists(rng):
+            state = load_file(rng)
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def pid(self) -> int:
+        return os.getpid()
