@@ -338,7 +338,7 @@ class RolloutWorker:
             for i, (got, expected) in enumerate(zip(pool.map(digest, payload), manifest.digests)):
                 if got != expected:
                     raise WeightSyncError(
-                        f"version {manifest.version}: bucket {i} is corrupted (SHA-256 "
+                        f"version {manifest.version}: bucket {i} is corrupted (digest "
                         f"mismatch); weights left at version {self.policy_version}")
         timings["transfer"] = time.perf_counter() - start
         start = time.perf_counter()

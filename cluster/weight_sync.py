@@ -1,11 +1,16 @@
 """The learner side of weight sync: versioned, bucketed, digested payloads and a logprob probe.
 
-A sync carries a ``WeightManifest``: the policy version, one SHA-256 digest per bucket, and
+A sync carries a ``WeightManifest``: the policy version, one XXH3-128 digest per bucket, and
 a *probe* — fixed token ids and the log-probs the learner's own model gives them. The rollout
 side checks every digest before it touches its weights (a corrupted or truncated payload is
 refused, the old weights stay), reloads, then runs the probe through its engine and compares:
 a wrong load is an error and a metric, never a silent divergence. Checksumming the engine's
 parameters directly would not work on CPU, where vLLM repacks linear weights on load.
+
+The digest guards against corruption and truncation inside the cluster (a torn transfer, a
+wrong buffer, a bit flip), not against an attacker who can write the payload: XXH3 hashes at
+~20 GB/s on one core where SHA-256 manages ~1.6, which on a ~400 MB model is the difference
+between a tenth of a second and nothing.
 
 Buckets (``bucket_bytes`` each, in safetensors format) keep the payload a stream of bounded
 pieces, so neither side holds two full copies of a large model at once.
@@ -13,12 +18,12 @@ pieces, so neither side holds two full copies of a large model at once.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
+import xxhash
 
 BUCKET_BYTES = 64 * 2**20  # several buckets per large model: the receiver hashes them in parallel
 PROBE_LENGTH = 16
@@ -36,7 +41,7 @@ class WeightManifest:
     version: int
     """Policy version these weights are (number of learner steps taken)."""
     digests: Tuple[str, ...]
-    """SHA-256 of each bucket's bytes, in order."""
+    """XXH3-128 digest (hex) of each bucket's bytes, in order."""
     total_bytes: int
     """Sum of bucket sizes."""
     probe_token_ids: Tuple[int, ...] = ()
@@ -48,8 +53,8 @@ class WeightManifest:
 
 
 def digest(data) -> str:
-    """SHA-256 of a bucket (bytes or any buffer)."""
-    return hashlib.sha256(data).hexdigest()
+    """XXH3-128 digest (hex) of a bucket (bytes or any buffer)."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 def as_payload(data: bytes) -> np.ndarray:
