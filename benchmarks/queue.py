@@ -169,6 +169,7 @@ def main() -> None:
             mb = batch.nbytes / 2**20
             learner = learner_step_seconds(batch, args.repeats)
             rows.append({
+                "figure": f"G={group_size}, {length} completion tokens",
                 "group_size": group_size,
                 "completion_tokens": length,
                 "groups_per_step": batch.num_rows,
