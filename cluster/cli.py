@@ -285,13 +285,18 @@ def cmd_plan(args) -> int:
         project,
     )
 
+    for flag, value in (("--gen-mfu", args.gen_mfu), ("--train-mfu", args.train_mfu)):
+        if not 0 < value <= 1:
+            raise SystemExit(f"duet plan: {flag} is a fraction of peak FLOP/s, in (0, 1]; "
+                             f"got {value}")
     root = Path(__file__).resolve().parents[1]
     sources = args.config or [str(root / p) for p in PAPER_PRESETS]
     rows = []
     for source in sources:
         config = load_config(source, args.overrides)
         costs = (measured_costs(Path(args.measured)) if args.measured
-                 else assumed_costs(args.params or parameters_of(config)))
+                 else assumed_costs(args.params or parameters_of(config), gen_mfu=args.gen_mfu,
+                                    train_mfu=args.train_mfu))
         proj = project(config, costs, args.response_tokens,
                        None if args.dataset_size == 0 else args.dataset_size, args.epochs,
                        args.evals, args.eval_prompts, args.eval_k)
@@ -431,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="runs/<name> of a finished run: use its measured per-token costs")
     plan.add_argument("--params", type=float, default=None,
                       help="model parameters (default: from model.path's config.json or name)")
+    plan.add_argument("--gen-mfu", type=float, default=0.15,
+                      help="assumed generation utilisation of 989 TFLOP/s (default 0.15)")
+    plan.add_argument("--train-mfu", type=float, default=0.35,
+                      help="training utilisation of 989 TFLOP/s (default 0.35; "
+                           "benchmarks/learner_gpu.py measures it on a GPU)")
     plan.add_argument("--response-tokens", type=float, default=800.0,
                       help="mean completion tokens per rollout (default 800)")
     plan.add_argument("--dataset-size", type=int, default=7500,

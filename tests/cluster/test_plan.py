@@ -45,3 +45,13 @@ def test_plan_cli_compares_with_the_paper(capsys):
     out = capsys.readouterr().out
     assert "| 1.5b-g2 (G=2) | 4 | 293 |" in out and "| 1.5b-g16 (G=16) | 4 | 2344 |" in out
     assert "projected 2-GRPO / 16-GRPO time" in out and "2.05 h vs 8.53 h = 24.0%" in out
+
+
+def test_plan_takes_a_measured_training_utilisation_and_refuses_nonsense(capsys):
+    assert main(["plan", "--train-mfu", "0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "training at 70% of 989 TFLOP/s" in out
+    # Twice the utilisation halves the training term: 6.56 s per step at 35% -> 3.28 s.
+    assert "(4.25 + 3.28 + 1)" in out
+    with pytest.raises(SystemExit, match=r"--train-mfu is a fraction of peak FLOP/s.*got 1.5"):
+        main(["plan", "--train-mfu", "1.5"])

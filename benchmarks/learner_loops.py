@@ -1,0 +1,51 @@
+"""The two learner loops the learner benchmarks time, and their synthetic batches (no Ray)."""
+
+from __future__ import annotations
+
+import time
+from typing import Dict
+
+import torch
+
+from cluster.schema import Group, build_batch, to_tensors
+from learner.rank import LearnerRank, micro_batches, token_logprobs
+
+
+def raw_step(rank: LearnerRank, batch) -> Dict[str, float]:
+    """The plainest DeepSpeed loop over this rank's rows: forward, mean logp, backward, step."""
+    start = time.perf_counter()
+    t = to_tensors(batch)
+    size = t.group_size
+    groups = list(range(t.rewards.shape[0]))
+    rows = rank._rows_of(groups, size, rank.rank)
+    lengths = t.attention_mask.sum(1)
+    plans = [micro_batches(rank._rows_of(groups, size, r), lengths,
+                           rank.config.learner.micro_batch_tokens) for r in range(rank.world_size)]
+    count = max(len(p) for p in plans)
+    mine = plans[rank.rank] + [[]] * (count - len(plans[rank.rank]))
+    tokens = 0
+    for i, chunk in enumerate(mine):
+        chunk = chunk or rows[:1]
+        width = int(lengths[chunk].max())
+        dev = rank.device
+        logp = token_logprobs(rank.engine, t.input_ids[chunk, :width].to(dev),
+                              t.attention_mask[chunk, :width].to(dev))
+        mask = t.completion_mask[chunk, 1:width].to(dev).float()
+        loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
+        rank.engine.set_gradient_accumulation_boundary(i == count - 1)
+        rank.engine.backward(loss)
+        tokens += int(mask.sum())
+    rank.engine.step()
+    return {"tokens": float(tokens), "seconds": time.perf_counter() - start}
+
+
+def make_batch(groups: int, group_size: int, prompt: int, completion: int, vocab: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for p in range(groups):
+        comps = [torch.randint(3, vocab, (completion,), generator=gen).tolist()
+                 for _ in range(group_size)]
+        out.append(Group(f"b{seed}-{p}", f"p{p}", torch.randint(3, vocab, (prompt,), generator=gen).tolist(),
+                         comps, [[-1.0] * completion for _ in comps],
+                         [float(x) for x in torch.randint(0, 2, (group_size,), generator=gen)]))
+    return build_batch(out)
