@@ -373,6 +373,10 @@ class RolloutWorker:
         finally:
             for p in paths:
                 Path(p).unlink(missing_ok=True)
+            try:
+                folder.rmdir()  # empty now; /dev/shm is memory, leave nothing behind
+            except OSError:
+                pass
 
     def probe(self, token_ids: Sequence[int]) -> List[float]:
         """Engine log-probs of token_ids[1:] given their prefixes (prompt_logprobs)."""
