@@ -12,6 +12,10 @@ verified weight sync) on shared engines, one after the other, per seed:
   (the steps' wall time, evaluations excluded) and the steps until held-out greedy accuracy
   first reaches ``--target`` (evaluated every 2 steps, greedy only: the target is greedy);
   ``time_to_target_2_vs_16`` is 2-GRPO's time as a fraction of 16-GRPO's, per seed;
+- the paper's own comparison on the tiny task: both arms train for the same number of
+  epochs over one fixed set of prompts (1,024 here, written as a JSONL dataset with the
+  task's held-out prompts first), so 2-GRPO takes 1/8 of 16-GRPO's steps; the training time
+  and the final held-out accuracy (greedy and mean@8) of each, as 2/16 ratios per seed;
 - a ~100M-parameter model of the same architecture (random weights: no accuracy target),
   for the same split where the learner and the sync weigh more.
 """
@@ -133,6 +137,70 @@ def bench_tiny(out: Path, seeds: List[int], steps: int, target: float) -> Dict[s
     return {"rows": rows}
 
 
+def write_fixed_set(path: Path, train_prompts: int, seed: int = 0) -> Path:
+    """The embedded task as a finite dataset: held-out prompts first, then training ones."""
+    import json
+
+    from actors.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(seed=seed)
+    rows = task.eval_set() + [task.train(i) for i in range(train_prompts)]
+    path.write_text("".join(json.dumps({"prompt": p.text, "answer": p.answer}) + "\n"
+                            for p in rows))
+    return path
+
+
+def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
+                       epochs: int = 1) -> Dict[str, object]:
+    """Both arms over the same epochs of a fixed prompt set: the paper's comparison."""
+    import dataclasses
+
+    from cluster.driver import start_rollouts
+    from cluster.models import resolve_model
+
+    data = write_fixed_set(out / "fixed-set.jsonl", train_prompts)
+    # The warm-started model of the embedded task (built once, cached), read as a dataset
+    # task's model folder: same prompts, same alphabet.
+    model = str(resolve_model(load_config(TINY_PRESET, [f"output_dir={out}"]), lambda m: None))
+    common = [f"output_dir={out}", f"model.path={model}", "task.name=jsonl", f"task.path={data}",
+              "task.eval_size=200",
+              # A short run: 4 warm-up steps for both (the paper: 10 of 2-GRPO's 293).
+              "learner.warmup_steps=4"]
+    base = load_config(TINY_PRESET, common)
+    actors = start_rollouts(arms(base)["16"], model, out / "engines-epochs")
+    per_arm: Dict[str, List[Dict[str, float]]] = {"2": [], "16": []}
+    try:
+        for seed in seeds:
+            configs = arms(load_config(TINY_PRESET, common + [f"seed={seed}"]))
+            for g, c in configs.items():
+                steps = epochs * train_prompts // c.algo.prompts_per_step
+                c = dataclasses.replace(c, steps=steps, eval_every=steps)
+                r = run_arm(c, out / f"epochs-s{seed}-g{g}", model, actors)
+                final = r["evals"][-1]
+                per_arm[g].append({"steps": steps, "train_s": r["step_s"] * steps,
+                                   "greedy": final["accuracy"], "mean_at_k": final["mean_at_k"]})
+                print(f"e2e equal epochs seed {seed}: {g}-GRPO {steps} steps, "
+                      f"{r['step_s'] * steps:.1f} s, greedy {final['accuracy']:.3f}, "
+                      f"mean@k {final['mean_at_k']:.3f}", flush=True)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    label = f"tiny task, {epochs} epoch(s) of a fixed set of {train_prompts} prompts"
+    rows = [{"figure": f"{label}, {g}-GRPO ({64 // int(g)} x {g})",
+             "steps": runs[0]["steps"],
+             "training_seconds": summary([r["train_s"] for r in runs]),
+             "final_greedy_accuracy": summary([r["greedy"] for r in runs]),
+             "final_mean_at_8": summary([r["mean_at_k"] for r in runs])}
+            for g, runs in per_arm.items()]
+    pairs = list(zip(per_arm["2"], per_arm["16"]))
+    rows.append({"figure": f"{label}, 2 vs 16",
+                 "training_time_2_vs_16": summary([a["train_s"] / b["train_s"] for a, b in pairs]),
+                 "final_mean_at_8_2_vs_16": summary([a["mean_at_k"] / b["mean_at_k"]
+                                                     for a, b in pairs]),
+                 "final_greedy_2_vs_16": summary([a["greedy"] / b["greedy"] for a, b in pairs])})
+    return {"rows": rows}
+
+
 def bench_100m(out: Path, steps: int) -> Dict[str, object]:
     from benchmarks.rollout import MODEL_100M
     from cluster.driver import start_rollouts
@@ -165,12 +233,15 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--target", type=float, default=0.7, help="held-out greedy accuracy target")
     p.add_argument("--steps", type=int, default=40, help="steps per arm on the tiny task")
+    p.add_argument("--fixed-set", type=int, default=1024,
+                   help="training prompts of the equal-epochs comparison (a multiple of 32)")
     args = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     out = Path(tempfile.mkdtemp(prefix="duet-bench-e2e-"))
     seeds = list(range(1 if args.quick else max(2, min(args.repeats, 3))))
     rows = bench_tiny(out, seeds, 20 if args.quick else args.steps, args.target)["rows"]
+    rows += bench_equal_epochs(out, seeds, 128 if args.quick else args.fixed_set)["rows"]
     if not args.quick:
         rows += bench_100m(out, 6)["rows"]
     ray.shutdown()
