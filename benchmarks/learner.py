@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import resource
 import tempfile
-import time
 from typing import Dict, List
 
 import ray
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
-from benchmarks.learner_loops import make_batch, raw_step
+from benchmarks.learner_loops import duet_step, make_batch, raw_step
 from cluster.config import load_config
 from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
 from learner.rank import LearnerRank, free_port
@@ -41,9 +40,7 @@ class BenchRank(LearnerRank):
         return raw_step(self, batch)
 
     def duet(self, batch) -> Dict[str, float]:
-        start = time.perf_counter()
-        metrics = self.train_step(batch)
-        return {"tokens": metrics["tokens"], "seconds": time.perf_counter() - start}
+        return duet_step(self, batch)
 
     def peak_rss_mib(self) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -25,7 +25,7 @@ from typing import Dict, List
 import torch
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
-from benchmarks.learner_loops import make_batch, raw_step
+from benchmarks.learner_loops import duet_step, make_batch, raw_step
 from cluster.config import load_config
 from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
 from cluster.plan import H100_FLOPS
@@ -61,35 +61,32 @@ def main() -> None:
                for seed in range(args.repeats + 1)]
     cuda = rank.device.type == "cuda"
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+    def timed(loop):
+        def run(batch) -> Dict[str, float]:
+            # Both loops are timed here, from an idle GPU until its queued work is done.
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            tokens = loop(rank, batch)["tokens"]
+            if cuda:
+                torch.cuda.synchronize()
+            return {"tokens": tokens, "seconds": time.perf_counter() - start}
+        return run
 
-    def duet_step(batch) -> Dict[str, float]:
-        sync()
-        t0 = time.perf_counter()
-        metrics = rank.train_step(batch)
-        sync()
-        return {"tokens": metrics["tokens"], "seconds": time.perf_counter() - t0}
+    duet, raw = timed(duet_step), timed(raw_step)
 
-    def raw(batch) -> Dict[str, float]:
-        sync()
-        out = raw_step(rank, batch)
-        sync()
-        return out
-
-    duet_step(batches[0])  # warm-up: allocator, kernels, optimizer state
+    duet(batches[0])  # warm-up: allocator, kernels, optimizer state
     raw(batches[0])
     duet_s: List[float] = []
     raw_s: List[float] = []
     tokens = 0.0
     for i, batch in enumerate(batches[1:]):
         # Alternate which loop goes first, as the CPU benchmarks do.
-        order = (duet_step, raw) if i % 2 == 0 else (raw, duet_step)
+        order = (duet, raw) if i % 2 == 0 else (raw, duet)
         got = {fn: fn(batch) for fn in order}
-        duet_s.append(got[duet_step]["seconds"])
+        duet_s.append(got[duet]["seconds"])
         raw_s.append(got[raw]["seconds"])
-        tokens = got[duet_step]["tokens"]
+        tokens = got[duet]["tokens"]
     trained = rollouts * (prompt + completion)  # tokens through forward and backward
     per_token = [s / tokens for s in duet_s]
     row = {

@@ -11,6 +11,13 @@ from cluster.schema import Group, build_batch, to_tensors
 from learner.rank import LearnerRank, micro_batches, token_logprobs
 
 
+def duet_step(rank: LearnerRank, batch) -> Dict[str, float]:
+    """duet's own step (group sharding, micro-batches, advantages, the GRPO loss, one update)."""
+    start = time.perf_counter()
+    metrics = rank.train_step(batch)
+    return {"tokens": metrics["tokens"], "seconds": time.perf_counter() - start}
+
+
 def raw_step(rank: LearnerRank, batch) -> Dict[str, float]:
     """The plainest DeepSpeed loop over this rank's rows: forward, mean logp, backward, step."""
     start = time.perf_counter()

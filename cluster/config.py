@@ -304,6 +304,15 @@ class ClusterConfig:
         _require(0 <= self.metrics_port < 65536, "metrics_port", self.metrics_port,
                  "must be a port number (0 disables metrics)")
 
+    def actor_options(self, role: Literal["rollout", "learner"]) -> Dict[str, Any]:
+        """Ray actor options for a rollout actor or a learner rank: its GPUs, and a sliver of
+        the role's custom resource (if set) to pin it to the nodes that offer it."""
+        options: Dict[str, Any] = {"num_gpus": self.gpus_per_actor}
+        resource = self.rollout_resource if role == "rollout" else self.learner_resource
+        if resource:
+            options["resources"] = {resource: 0.001}
+        return options
+
 
 @dataclass(frozen=True)
 class CompareConfig:

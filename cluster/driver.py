@@ -78,21 +78,13 @@ def start_ray(config: RunConfig) -> None:
              configure_logging=False)
 
 
-def placement_options(resource: str, gpus: float) -> Dict[str, object]:
-    """Ray actor options: GPUs, and a sliver of a custom resource to pin the actor's node."""
-    options: Dict[str, object] = {"num_gpus": gpus}
-    if resource:
-        options["resources"] = {resource: 0.001}
-    return options
-
-
 def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> list:
     """One RolloutActor per ``rollout.num_workers``; waits until their engines are up."""
     from actors.rollout import RolloutActor
 
     # A fresh home per launch: a restarted actor reads only this launch's assignment.
     home = Path(state_dir) / uuid.uuid4().hex[:12]
-    placement = placement_options(config.cluster.rollout_resource, config.cluster.gpus_per_actor)
+    placement = config.cluster.actor_options("rollout")
     actors = [RolloutActor.options(**placement).remote(config, w, model_path, str(home))
               for w in range(config.rollout.num_workers)]
     ray.get([a.state.remote() for a in actors])

@@ -24,9 +24,7 @@ class LearnerGroup:
         port = free_port()
         world = config.learner.num_ranks
         self.ranks = [
-            LearnerActor.options(num_cpus=num_cpus, num_gpus=config.cluster.gpus_per_actor,
-                                 **({"resources": {config.cluster.learner_resource: 0.001}}
-                                    if config.cluster.learner_resource else {}))
+            LearnerActor.options(num_cpus=num_cpus, **config.cluster.actor_options("learner"))
             .remote(config, r, world, port, model_path)
             for r in range(world)
         ]
