@@ -12,55 +12,14 @@ with vLLM's separate engine process, the buckets are written to node-local files
 ``model_runner.reload_weights`` (layer-wise in-place reload in checkpoint format, which also
 redoes the CPU backend's weight repacking), which makes the only copy of the bytes.
 
-GPU path: vLLM's native weight-transfer API with the NCCL engine (``NcclWeightTransfer``
-builds its requests). It cannot run on these machines; its request contract is unit-tested
-against vLLM's own request classes, and the README's status table says it has not yet run
-on a GPU.
+The GPU transports (vLLM's own weight-transfer engines) are not wired yet; see the README's
+status table.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import warnings
-from typing import Dict, Iterator, List, Sequence, Tuple
-
-# safetensors dtype codes -> torch dtype names.
-_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-           "BOOL": "bool"}
-
-
-def tensor_views(buffer) -> Iterator[Tuple[str, object]]:
-    """(name, tensor) for each tensor of a safetensors buffer, as views of it (no copy).
-
-    The tensors share the buffer's memory and are read-only when it is (Ray's store):
-    only read them. Raises ValueError on a malformed header.
-    """
-    import torch
-
-    view = memoryview(buffer).cast("B")
-    if len(view) < 8:
-        raise ValueError(f"safetensors buffer of {len(view)} bytes has no header")
-    size = struct.unpack("<Q", view[:8])[0]
-    if 8 + size > len(view):
-        raise ValueError(f"safetensors header of {size} bytes exceeds the {len(view)}-byte buffer")
-    header = json.loads(bytes(view[8:8 + size]))
-    base = 8 + size
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = getattr(torch, _DTYPES[info["dtype"]])
-        start, end = info["data_offsets"]
-        count = (end - start) // torch.empty((), dtype=dtype).element_size()
-        if count == 0:
-            yield name, torch.empty(info["shape"], dtype=dtype)
-            continue
-        with warnings.catch_warnings():  # "buffer is not writable": read-only by design
-            warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(view, dtype=dtype, count=count, offset=base + start)
-        yield name, flat.view(info["shape"])
+from typing import Iterator, Sequence, Tuple
 
 
 class WeightReceiver:
@@ -103,38 +62,3 @@ class WeightReceiver:
                 raise RuntimeError(f"engine parameter {pname} still aliases the sync payload "
                                    "after reload; refusing to use a borrowed buffer")
         return len(named)
-
-
-class NcclWeightTransfer:
-    """Requests for vLLM's native NCCL weight transfer (GPU path; not yet run on a GPU).
-
-    The learner's rank 0 joins the NCCL group as rank 0 and broadcasts tensors in the
-    order of ``names``; each engine receives them through ``update_weights``.
-    """
-
-    def __init__(self, master_address: str, master_port: int, rank_offset: int,
-                 world_size: int, packed: bool = True) -> None:
-        self.init_info = {
-            "master_address": master_address,
-            "master_port": master_port,
-            "rank_offset": rank_offset,
-            "world_size": world_size,
-            "packed": packed,
-        }
-
-    def init_request(self) -> Dict[str, object]:
-        return {"init_info": dict(self.init_info)}
-
-    @staticmethod
-    def update_request(names: List[str], dtype_names: List[str], shapes: List[List[int]]
-                       ) -> Dict[str, object]:
-        if not len(names) == len(dtype_names) == len(shapes):
-            raise ValueError("names, dtype_names and shapes must have one entry per tensor")
-        return {"update_info": {"names": names, "dtype_names": dtype_names, "shapes": shapes}}
-
-    def sync(self, llm, version: int, names: List[str], dtype_names: List[str],
-             shapes: List[List[int]]) -> None:
-        """One versioned update on an engine whose transfer engine is initialised."""
-        llm.start_weight_update()
-        llm.update_weights(self.update_request(names, dtype_names, shapes))
-        llm.finish_weight_update(weight_version=str(version))

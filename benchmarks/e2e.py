@@ -30,8 +30,8 @@ from typing import Dict, List, Optional
 import ray
 
 from benchmarks.common import emit, machine, parser, summary
-from cluster.config import load_config
-from cluster.run_log import read_rows
+from cluster.contract.config import load_config
+from cluster.loop.run_log import read_rows
 
 PHASES = ("generate", "reward", "queue", "train", "sync", "other")
 EVAL_EVERY = 2
@@ -65,7 +65,7 @@ def time_to_target(evals: List[Dict[str, float]], steps: List[Dict[str, float]],
 
 
 def run_arm(config, run_dir: Path, model_path: str, actors) -> Dict[str, object]:
-    from cluster.driver import Driver
+    from cluster.loop.driver import Driver
 
     summary_ = Driver(config, run_dir, model_path, actors).run()
     steps = read_rows(run_dir / "metrics.jsonl", "step")
@@ -78,14 +78,14 @@ def run_arm(config, run_dir: Path, model_path: str, actors) -> Dict[str, object]
 
 
 def arms(base) -> Dict[str, object]:
-    from cluster.compare import arm_config
+    from cluster.loop.compare import arm_config
 
     return {g: arm_config(base, g, "same") for g in ("2", "16")}
 
 
 def bench_tiny(out: Path, seeds: List[int], steps: int, target: float) -> Dict[str, object]:
-    from cluster.driver import start_rollouts
-    from cluster.models import resolve_model
+    from cluster.loop.launch import start_rollouts
+    from cluster.policy.models import resolve_model
 
     every = f"eval_every={EVAL_EVERY}"
     # Greedy accuracy is the target; mean@k would multiply each evaluation's cost by k.
@@ -155,8 +155,8 @@ def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
     """Both arms over the same epochs of a fixed prompt set: the paper's comparison."""
     import dataclasses
 
-    from cluster.driver import start_rollouts
-    from cluster.models import resolve_model
+    from cluster.loop.launch import start_rollouts
+    from cluster.policy.models import resolve_model
 
     data = write_fixed_set(out / "fixed-set.jsonl", train_prompts)
     # The warm-started model of the embedded task (built once, cached), read as a dataset
@@ -203,8 +203,8 @@ def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
 
 def bench_100m(out: Path, steps: int) -> Dict[str, object]:
     from benchmarks.rollout import MODEL_100M
-    from cluster.driver import start_rollouts
-    from cluster.embedded import build_model, build_tokenizer, save_model_folder
+    from cluster.loop.launch import start_rollouts
+    from cluster.policy.embedded import build_model, build_tokenizer, save_model_folder
 
     model = str(save_model_folder(build_model(MODEL_100M), build_tokenizer(), out / "m100"))
     base = load_config(None, [f"model.path={model}", "model.max_model_len=128",

@@ -24,8 +24,8 @@ import ray
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
 from benchmarks.learner_loops import duet_step, make_batch, raw_step
-from cluster.config import load_config
-from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
+from cluster.contract.config import load_config
+from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
 from learner.rank import LearnerRank, free_port
 
 MODEL_100M = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,

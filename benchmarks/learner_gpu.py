@@ -26,9 +26,9 @@ import torch
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
 from benchmarks.learner_loops import duet_step, make_batch, raw_step
-from cluster.config import load_config
-from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
-from cluster.plan import H100_FLOPS
+from cluster.contract.config import load_config
+from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
+from cluster.tools.plan import H100_FLOPS
 
 QWEN_1_5B = TinyModelSpec(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2,
                           intermediate_size=8960, max_position=4096)

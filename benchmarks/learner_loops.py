@@ -7,7 +7,8 @@ from typing import Dict
 
 import torch
 
-from cluster.schema import Group, build_batch, to_tensors
+from cluster.contract.schema import Group, build_batch
+from learner.batch import to_tensors
 from learner.rank import LearnerRank, micro_batches, token_logprobs
 
 

@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary, timed
-from cluster.schema import Group, build_batch, to_tensors
+from cluster.contract.schema import Group, build_batch
+from learner.batch import to_tensors
 
 ROLLOUTS_PER_STEP = 512  # the paper's step: 256 x 2 or 32 x 16
 PROMPT_TOKENS = 128
@@ -86,7 +87,7 @@ def learner_step_seconds(batch: pa.RecordBatch, repeats: int, sample_rows: int =
     """
     import torch
 
-    from cluster.embedded import TINY_MODEL, build_model
+    from cluster.policy.embedded import TINY_MODEL, build_model
 
     torch.manual_seed(0)
     model = build_model(TINY_MODEL)
@@ -111,8 +112,8 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     import ray
 
-    from cluster.config import QueueConfig
-    from cluster.queue_actor import ReplayQueueActor
+    from cluster.contract.config import QueueConfig
+    from cluster.queue.actor import ReplayQueueActor
 
     @ray.remote(num_cpus=0)
     class PickleQueueActor:

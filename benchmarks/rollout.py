@@ -25,25 +25,25 @@ import numpy as np
 import ray
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
-from cluster.config import load_config
-from cluster.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
-from cluster.weight_sync import as_payload, build_manifest, pack_buckets
+from cluster.contract.config import load_config
+from cluster.contract.weights import as_payload, build_manifest, pack_buckets
+from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
 
 MODEL_100M = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
                            intermediate_size=2816, max_position=512)
 
 
 def bench_actor_class():
-    from actors.rollout import RolloutWorker
+    from actors.rollout_actor import RolloutActorBase
 
-    class BenchRollout(RolloutWorker):
+    class BenchRollout(RolloutActorBase):
         """A rollout worker that can also time the raw engine and a memory copy."""
 
         def raw(self, positions: List[int], group_size: int) -> Dict[str, float]:
             prompts = [self.source.train(p) for p in positions]
             seeds = [(self.config.seed * 1_000_003 + p) % 2**31 for p in positions]
             start = time.perf_counter()
-            _, outputs = self._sample(prompts, seeds, group_size)
+            _, outputs = self.sample(prompts, seeds, group_size)
             seconds = time.perf_counter() - start
             tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
             return {"tokens": float(tokens), "seconds": seconds}
@@ -130,8 +130,8 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from cluster.config import QueueConfig
-    from cluster.queue_actor import ReplayQueueActor
+    from cluster.contract.config import QueueConfig
+    from cluster.queue.actor import ReplayQueueActor
 
     tmp = tempfile.mkdtemp(prefix="duet-bench-rollout-")
     Bench = bench_actor_class()

@@ -26,23 +26,23 @@ from typing import Dict, List
 import ray
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
-from cluster.config import load_config
-from cluster.run_log import read_rows
+from cluster.contract.config import load_config
+from cluster.loop.run_log import read_rows
 
 TINY = ["rollout.max_new_tokens=6", "model.max_model_len=64", "task.eval_size=16",
         "algo.prompts_per_step=32", "algo.group_size=2"]
 
 
 def tiny_model(folder: Path) -> str:
-    from cluster.embedded import build_model, build_tokenizer, save_model_folder
+    from cluster.policy.embedded import build_model, build_tokenizer, save_model_folder
 
     return str(save_model_folder(build_model(), build_tokenizer(), folder))
 
 
 def actor_scaling(out: Path, model: str, repeats: int, counts=(1, 2, 4)) -> List[Dict[str, object]]:
-    from actors.rollout import RolloutActor
-    from cluster.config import QueueConfig
-    from cluster.queue_actor import ReplayQueueActor
+    from actors.rollout_actor import RolloutActor
+    from cluster.contract.config import QueueConfig
+    from cluster.queue.actor import ReplayQueueActor
 
     rates: Dict[int, List[float]] = {}
     for n in counts:
@@ -73,7 +73,8 @@ def multinode(out: Path, model: str, steps: int) -> Dict[str, object]:
     """Run the loop with rollout and learner on different raylets; then on one, to compare."""
     from ray.cluster_utils import Cluster
 
-    from cluster.driver import Driver, start_rollouts
+    from cluster.loop.driver import Driver
+    from cluster.loop.launch import start_rollouts
 
     results = {}
     for layout in ("two_nodes", "one_node"):

@@ -1,4 +1,4 @@
-"""The ``duet`` command line: train, compare, eval, report.
+"""The ``duet`` command line: parses arguments and dispatches; the work lives elsewhere.
 
 Every command takes ``--config FILE`` and dotted overrides (``algo.group_size=16``); the
 resolved config is printed and saved with the run under ``runs/<name>/``. With no
@@ -9,36 +9,16 @@ model duet builds itself, the synthetic arithmetic task, arms 2 and 16.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import time
-import typing
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from cluster.config import ConfigError, RunConfig, field_help, load_config, replace, to_yaml
+from cluster.contract.config import ConfigError, RunConfig, load_config, replace, to_yaml
+from cluster.contract.config_io import options_help
+from cluster.tools.submit import RUNTIME_ENV
 
 DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "deploy" / "configs" / "tiny-cpu.yaml"
-
-
-def options_help() -> str:
-    """Every config key with its type, default and meaning, for --help."""
-    lines = ["config keys (set in --config YAML or as key=value overrides):"]
-
-    def walk(cls, prefix: str, default) -> None:
-        docs = field_help(cls)
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            value = getattr(default, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.", value)
-                continue
-            lines.append(f"  {prefix}{f.name} = {value!r}")
-            lines.append(f"      {docs.get(f.name, '')}")
-
-    walk(RunConfig, "", RunConfig())
-    return "\n".join(lines)
 
 
 def _config(args) -> RunConfig:
@@ -48,112 +28,18 @@ def _config(args) -> RunConfig:
     return load_config(source, args.overrides)
 
 
-class Progress:
-    """Live progress: a rich status line on a terminal, plain lines otherwise (logs, CI)."""
-
-    def __init__(self, total_steps: int, label: str = "") -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=False)
-        self.total, self.label = total_steps, label
-        self.start = time.perf_counter()
-        self.last_acc: Optional[float] = None
-        self._live = None
-        if self.console.is_terminal:
-            from rich.live import Live
-
-            self._live = Live("", console=self.console, refresh_per_second=4, transient=False)
-            self._live.start()
-
-    def __call__(self, row: Dict[str, object]) -> None:
-        if row["kind"] == "info":
-            self._print(f"{self.label}{row['message']}")
-            return
-        if row["kind"] == "eval":
-            self.last_acc = float(row["accuracy"])
-            line = (f"{self.label}eval @ step {row['step']}: held-out greedy accuracy "
-                    f"{self.last_acc:.1%}, mean@{row['k']} {row['mean_at_k']:.1%} "
-                    f"({row['n']} prompts)")
-            self._print(line)
-            return
-        step = int(row["step"])
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / step * (self.total - step) if step else 0.0
-        acc = "—" if self.last_acc is None else f"{self.last_acc:.1%}"
-        line = (f"{self.label}step {step}/{self.total}  reward {row.get('reward_mean', 0):.3f}  "
-                f"acc {acc}  rollouts {row.get('rollouts_total', 0)}  "
-                f"tok/s {row.get('tokens_per_s', 0):.0f}  staleness {row.get('staleness_max', 0):.0f}  "
-                f"ETA {eta:.0f}s")
-        if self._live is not None:
-            self._live.update(line)
-        elif step == 1 or step % 10 == 0 or step == self.total:
-            print(line, flush=True)
-
-    def _print(self, line: str) -> None:
-        if self._live is not None:
-            self._live.console.print(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-
-
-def _run_dir(config: RunConfig) -> Path:
-    return Path(config.output_dir) / config.name
-
-
-def _fresh_run_dir(config: RunConfig, resume: bool = False) -> Path:
-    """The run's folder; a previous run found there is moved aside, never overwritten."""
-    run_dir = _run_dir(config)
-    if resume or not run_dir.exists() or not any(run_dir.iterdir()):
-        return run_dir
-    aside = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.rename(aside)
-    print(f"{run_dir} held an earlier run: moved it to {aside} "
-          "(use --resume to continue a run instead)")
-    return run_dir
-
-
-def _resource_plan(config: RunConfig) -> str:
-    a, r, lrn = config.algo, config.rollout, config.learner
-    return "\n".join([
-        "resource plan:",
-        f"  rollout actors : {r.num_workers} (one vLLM engine each)",
-        f"  learner ranks  : {lrn.num_ranks} (DeepSpeed ZeRO-{lrn.zero_stage})",
-        f"  GPUs           : {(r.num_workers + lrn.num_ranks) * config.cluster.gpus_per_actor:g} "
-        f"({config.cluster.gpus_per_actor:g} per rollout actor and learner rank)",
-        f"  replay queue   : 1 actor, {config.queue.capacity_groups} groups / "
-        f"{config.queue.capacity_bytes / 2**20:.0f} MiB, max staleness {config.queue.max_staleness}",
-        f"  batch geometry : {a.prompts_per_step} prompts x {a.group_size} = "
-        f"{a.rollouts_per_step} rollouts per step, {a.mini_batches} mini-batch(es), "
-        f"{a.ppo_epochs} epoch(s)",
-        f"  tokens / step  : up to {a.rollouts_per_step * (r.max_new_tokens):,} completion tokens",
-        f"  steps          : {config.steps} ({config.steps * a.rollouts_per_step:,} rollouts)",
-        f"  mode           : {config.cluster.mode}, lr {lrn.lr:g}, clip {a.clip_low}/{a.clip_high}",
-    ])
-
-
 def cmd_train(args) -> int:
-    from cluster.driver import Driver, start_ray, start_rollouts
-    from cluster.models import resolve_model
-
     config = _config(args)
     print(to_yaml(config))
     if args.dry_run:
-        print(_resource_plan(config))
+        from cluster.tools.plan import resource_plan
+
+        print(resource_plan(config))
         return 0
-    run_dir = _fresh_run_dir(config, args.resume)
-    start_ray(config)
-    model_path = resolve_model(config)
-    actors = start_rollouts(config, str(model_path), run_dir / "engines")
-    progress = Progress(config.steps)
-    try:
-        summary = Driver(config, run_dir, str(model_path), actors, progress=progress,
-                         resume=args.resume).run()
-    finally:
-        progress.close()
+    from cluster.loop.runs import run_dir_of, train
+
+    summary = train(config, args.resume)
+    run_dir = run_dir_of(config)
     print(json.dumps({"run_dir": str(run_dir), "steps": summary.steps,
                       "final_accuracy": summary.eval[-1]["accuracy"] if summary.eval else None,
                       "wall_seconds": round(summary.wall_seconds, 1)}))
@@ -162,8 +48,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cluster.compare import parse_arms, run_compare
-    from cluster.report import write_report
+    from cluster.loop.compare import parse_arms, run_compare
+    from cluster.loop.progress import Progress
+    from cluster.loop.runs import fresh_run_dir
+    from cluster.tools.report import write_report
 
     base = _config(args)
     arms = parse_arms(args.arms or base.compare.arms)
@@ -173,7 +61,7 @@ def cmd_compare(args) -> int:
     base = replace(base, [f"compare.arms={','.join(arms)}", f"compare.lr_rule={lr_rule}",
                           f"compare.budget={budget}"])
     print(to_yaml(base))
-    run_dir = _fresh_run_dir(base)
+    run_dir = fresh_run_dir(base)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(base))
     bars: Dict[str, Progress] = {}
@@ -197,92 +85,30 @@ def cmd_compare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from cluster.driver import start_ray, start_rollouts
-    from cluster.models import resolve_model
+    from cluster.loop.runs import evaluate_model
 
-    config = _config(args)
-    start_ray(config)
-    model = Path(args.model) if args.model else resolve_model(config)
-    actors = start_rollouts(config, str(model), _run_dir(config) / "engines")
-    import ray
-
-    got = ray.get(actors[0].evaluate.remote(None, args.k))
-    result = {"model": str(model), "greedy_accuracy": got["accuracy"],
-              f"mean@{got['k']}": got["mean_at_k"], "n": got["n"]}
-    print(json.dumps(result))
+    print(json.dumps(evaluate_model(_config(args), args.model, args.k)))
     return 0
 
 
-RUNTIME_ENV = Path(__file__).resolve().parents[1] / "deploy" / "runtime_env.yaml"
-
-
-def submit_command(args) -> List[str]:
-    """The `ray job submit` command line for ``duet submit``."""
-    import os
-    import shutil
-
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise ConfigError("--address", "no Ray cluster given: pass --address "
-                          "http://HEAD:8265 (the job API) or set RAY_ADDRESS")
-    rest = list(args.duet_args)
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    if not rest or rest[0] not in ("train", "compare", "eval"):
-        raise ConfigError("duet submit", "name the command to run on the cluster, e.g. "
-                          "duet submit -- train --config deploy/configs/qwen2.5-math-1.5b-g2.yaml")
-    sibling = Path(sys.executable).with_name("ray")
-    ray_cli = str(sibling) if sibling.exists() else (shutil.which("ray") or "ray")
-    cmd = [ray_cli, "job", "submit", "--address", address, "--working-dir", args.working_dir,
-           "--runtime-env", args.runtime_env]
-    if args.submission_id:
-        cmd += ["--submission-id", args.submission_id]
-    if args.no_wait:
-        cmd.append("--no-wait")
-    return cmd + ["--", "python", "-m", "cluster.cli", *rest]
-
-
 def cmd_submit(args) -> int:
-    import os
-    import subprocess
-    import uuid
+    from cluster.tools.submit import new_submission_id, submit, submit_command
 
-    if not args.submission_id:  # a known id lets a refused submission be told from a failed job
-        args.submission_id = f"duet-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    cmd = submit_command(args)
-    env = dict(os.environ)
-    # Ray 2.60 clusters started with `ray start` require their token; the client only
-    # sends it (from ~/.ray/auth_token) in token mode.
-    if "RAY_AUTH_MODE" not in env and (Path.home() / ".ray" / "auth_token").exists():
-        env["RAY_AUTH_MODE"] = "token"
-    print("$ " + " ".join(cmd), flush=True)
-    status = [cmd[0], "job", "status", "--address", cmd[cmd.index("--address") + 1],
-              args.submission_id]
-    code = 1
-    for attempt in range(args.retries + 1):
-        code = subprocess.call(cmd, env=env)
-        if code == 0 or subprocess.call(status, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL) == 0:
-            break  # done, or accepted and then failed: never submit it twice
-        # A fresh cluster's job API answers before its job agent takes jobs.
-        print(f"duet: the cluster did not take the job (attempt {attempt + 1}); retrying in "
-              f"{args.retry_seconds:g} s", flush=True)
-        time.sleep(args.retry_seconds)
-    if code == 0 and not args.no_wait:
-        print(f"job {args.submission_id} finished; its run folder is under the job's "
-              "output_dir (see 'run written to' above); `ray job logs` shows the log again")
-    return code
+    # A known id lets a refused submission be told from an accepted one that failed.
+    submission_id = args.submission_id or new_submission_id()
+    cmd = submit_command(args.address, args.duet_args, args.working_dir, args.runtime_env,
+                         submission_id, args.no_wait)
+    return submit(cmd, submission_id, args.retries, args.retry_seconds, args.no_wait)
 
 
 def cmd_plan(args) -> int:
-    from cluster.plan import (
-        PAPER_HOURS,
+    from cluster.tools.plan import (
         PAPER_PRESETS,
         assumed_costs,
         measured_costs,
-        paper_implied,
         parameters_of,
         project,
+        projection_table,
     )
 
     for flag, value in (("--gen-mfu", args.gen_mfu), ("--train-mfu", args.train_mfu)):
@@ -291,50 +117,27 @@ def cmd_plan(args) -> int:
                              f"got {value}")
     root = Path(__file__).resolve().parents[1]
     sources = args.config or [str(root / p) for p in PAPER_PRESETS]
-    rows = []
-    for source in sources:
-        config = load_config(source, args.overrides)
+    rows, source = [], ""
+    for path in sources:
+        config = load_config(path, args.overrides)
         costs = (measured_costs(Path(args.measured)) if args.measured
                  else assumed_costs(args.params or parameters_of(config), gen_mfu=args.gen_mfu,
                                     train_mfu=args.train_mfu))
-        proj = project(config, costs, args.response_tokens,
-                       None if args.dataset_size == 0 else args.dataset_size, args.epochs,
-                       args.evals, args.eval_prompts, args.eval_k)
-        rows.append((config, proj, costs))
-    print(f"cost source: {rows[0][2].source}")
+        source = source or costs.source
+        rows.append((config, project(config, costs, args.response_tokens,
+                                     None if args.dataset_size == 0 else args.dataset_size,
+                                     args.epochs, args.evals, args.eval_prompts, args.eval_k)))
+    print(f"cost source: {source}")
     print(f"assumed: {args.response_tokens:g} completion tokens per rollout; "
           + (f"{args.epochs:g} epochs over {args.dataset_size} prompts; " if args.dataset_size
              else "the configs' own steps; ")
           + f"{args.evals} evaluations of {args.eval_prompts} prompts x {args.eval_k} samples")
-    def span(seconds: float) -> str:
-        return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.1f} s"
-
-    print("| config | GPUs | steps | s/step (generate + train + fixed) | evaluation | total |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for config, p, _ in rows:
-        gpus = (config.rollout.num_workers + config.learner.num_ranks) * max(
-            config.cluster.gpus_per_actor, 0)
-        print(f"| {config.name} (G={config.algo.group_size}) | {gpus:g} | {p.steps} | "
-              f"{p.step_s:.3g} ({p.generate_s:.3g} + {p.train_s:.3g} + {p.fixed_s:.3g}) | "
-              f"{span(p.eval_s)} | {span(p.hours * 3600)} |")
-    sizes = {c.algo.group_size: p for c, p, _ in rows}
-    if 2 in sizes and 16 in sizes:
-        ratio = sizes[2].hours / sizes[16].hours
-        print(f"\nprojected 2-GRPO / 16-GRPO time: {ratio:.1%}")
-        if not args.config:
-            implied = paper_implied()
-            paper = PAPER_HOURS[2] / PAPER_HOURS[16]
-            print(f"paper (Qwen2.5-Math-1.5B, MATH, 4 GPUs): {PAPER_HOURS[2]} h vs "
-                  f"{PAPER_HOURS[16]} h = {paper:.1%}; if both arms' steps cost the same, "
-                  f"those totals imply {implied['step_s']:.1f} s per step and "
-                  f"{implied['fixed_hours']:.2f} h of per-run costs (evaluation, start-up, "
-                  "checkpoints) that do not shrink with fewer steps: that fixed part is why "
-                  "the paper's ratio is above the 12.5% step ratio")
+    print(projection_table(rows, with_paper=not args.config))
     return 0
 
 
 def cmd_audit(args) -> int:
-    from cluster.audit import audit, audit_json
+    from cluster.tools.audit import audit, audit_json
 
     root = Path(args.run_dir)
     runs = sorted(root.glob("arm-*")) if not (root / "ledger.jsonl").exists() else [root]
@@ -350,7 +153,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cluster.report import write_report
+    from cluster.tools.report import write_report
 
     path = write_report(Path(args.run_dir))
     print(path.read_text())
@@ -360,7 +163,7 @@ def cmd_report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duet", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=options_help())
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=options_help(RunConfig()))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -369,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted config overrides, e.g. algo.group_size=16")
 
-    train = sub.add_parser("train", help="train one policy", epilog=options_help(),
+    train = sub.add_parser("train", help="train one policy", epilog=options_help(RunConfig()),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     common(train)
     train.add_argument("--resume", action="store_true",
@@ -379,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser("compare", help="2-vs-16 (or other) arms at equal rollouts/step",
-                             epilog=options_help(),
+                             epilog=options_help(RunConfig()),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     common(compare)
     compare.add_argument("--arms", default=None,
@@ -469,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"duet: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # the run failed: say why and exit non-zero, never "success"
-        from cluster.driver import RunFailed
+        from cluster.loop.driver import RunFailed
 
         if isinstance(err, RunFailed):
             print(f"duet: run failed: {err}", file=sys.stderr)

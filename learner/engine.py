@@ -16,7 +16,7 @@ from typing import Dict, Iterator, Tuple
 
 import torch
 
-from cluster.config import LearnerConfig
+from cluster.contract.config import LearnerConfig
 
 
 def on_gpu() -> bool:

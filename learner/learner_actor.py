@@ -7,12 +7,9 @@ from typing import Dict, List
 import pyarrow as pa
 import ray
 
-from cluster.config import RunConfig
-from cluster.weight_sync import BUCKET_BYTES
-from learner.rank import LearnerRank, free_port, micro_batches, token_logprobs
-
-__all__ = ["LearnerActor", "LearnerGroup", "LearnerRank", "combine_metrics", "free_port",
-           "micro_batches", "token_logprobs"]
+from cluster.contract.config import RunConfig
+from cluster.contract.weights import BUCKET_BYTES
+from learner.rank import LearnerRank, free_port
 
 LearnerActor = ray.remote(num_cpus=1, max_restarts=0)(LearnerRank)
 

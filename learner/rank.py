@@ -24,10 +24,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import torch
 
-from cluster.config import RunConfig
-from cluster.schema import TrainBatch, to_tensors
-from cluster.weight_sync import BUCKET_BYTES, WeightManifest, as_payload, build_manifest, pack_buckets
+from cluster.contract.config import RunConfig
+from cluster.contract.weights import BUCKET_BYTES, WeightManifest, as_payload, build_manifest, pack_buckets
 from learner.algo import compute_advantages, informative, policy_loss
+from learner.batch import TrainBatch, to_tensors
 
 
 def free_port() -> int:

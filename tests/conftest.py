@@ -23,6 +23,6 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """The embedded tiny model (random init), written once per session."""
-    from cluster.embedded import build_embedded
+    from cluster.policy.embedded import build_embedded
 
     return str(build_embedded(tmp_path_factory.mktemp("models") / "tiny"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.config import load_config
+from cluster.contract.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

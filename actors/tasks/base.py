@@ -43,14 +43,3 @@ def shard_positions(worker: int, num_workers: int, cursor: int, count: int) -> L
     """
     return [worker + num_workers * (cursor + i) for i in range(count)]
 
-
-def make_source(task_config, seed: int) -> PromptSource:
-    """The prompt source a ``TaskConfig`` names."""
-    if task_config.name == "arithmetic":
-        from actors.tasks.arithmetic import ArithmeticTask
-
-        return ArithmeticTask(digits=task_config.difficulty, seed=seed,
-                              eval_size=task_config.eval_size)
-    from actors.tasks.dataset import DatasetTask
-
-    return DatasetTask(task_config, seed=seed)

@@ -12,17 +12,17 @@ import pytest
 import ray
 import torch
 
-from cluster.config import load_config
-from cluster.schema import to_tensors
-from cluster.weight_sync import WeightSyncError, as_payload, build_manifest, pack_buckets
+from cluster.contract.config import load_config
+from cluster.contract.weights import WeightSyncError, as_payload, build_manifest, pack_buckets
+from learner.batch import to_tensors
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def setup(ray_cluster, tiny_model_path, tmp_path_factory):
-    from actors.rollout import RolloutActor
-    from cluster.queue_actor import ReplayQueueActor
+    from actors.rollout_actor import RolloutActor
+    from cluster.queue.actor import ReplayQueueActor
 
     tmp = tmp_path_factory.mktemp("rollout")
     config = load_config(None, ["rollout.max_new_tokens=6", "model.max_model_len=64",
@@ -91,7 +91,7 @@ def check_weight_update(actor, tiny_model_path):
     from transformers import AutoTokenizer
 
     from actors.tasks.arithmetic import ArithmeticTask
-    from cluster.embedded import build_model
+    from cluster.policy.embedded import build_model
 
     before = ray.get(actor.state.remote())["policy_version"]
     updated = build_model(seed=42).eval()  # different weights, same architecture
@@ -105,7 +105,7 @@ def check_weight_update(actor, tiny_model_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     prompts = ArithmeticTask().eval_set()[:8]
-    engine = ray.get(actor._sample.remote(prompts, [None] * 8, 1, "greedy"))[1]
+    engine = ray.get(actor.sample.remote(prompts, [None] * 8, 1, "greedy"))[1]
     got = [list(o.outputs[0].token_ids) for o in engine]
     want = greedy_hf(updated, tokenizer, [p.text for p in prompts], 6)
     assert got == want
@@ -132,7 +132,7 @@ def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
 def test_separate_engine_process_reloads_from_files(setup, tiny_model_path, tmp_path):
     """rollout.engine_in_process=false: the engine core runs in its own process (vLLM's
     default), so buckets cross as node-local files; same checks on a real engine."""
-    from actors.rollout import RolloutActor
+    from actors.rollout_actor import RolloutActor
 
     _, queue, _ = setup
     config = load_config(None, ["rollout.max_new_tokens=6", "model.max_model_len=64",
@@ -190,7 +190,7 @@ def test_sigkill_mid_run_resumes_from_cursor_without_duplicates(setup):
 def test_prompt_longer_than_the_engine_allows_is_dropped_and_named(setup, tmp_path):
     import json
 
-    from cluster.queue_actor import ReplayQueueActor
+    from cluster.queue.actor import ReplayQueueActor
 
     actor, _, config = setup
     rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(6)]

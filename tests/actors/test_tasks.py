@@ -9,7 +9,7 @@ import pytest
 from actors.tasks.arithmetic import ArithmeticTask
 from actors.tasks.base import shard_positions
 from actors.tasks.dataset import DatasetError, DatasetTask
-from cluster.config import TaskConfig
+from cluster.contract.config import TaskConfig
 
 
 def test_arithmetic_is_deterministic_and_held_out_is_disjoint():

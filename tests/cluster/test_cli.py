@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main, options_help
+from cluster.cli import main
+from cluster.contract.config import RunConfig
+from cluster.contract.config_io import options_help
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "deploy" / "configs").glob("*.yaml"))
 
@@ -18,7 +20,7 @@ def test_help_explains_every_option(capsys):
     for key in ("algo.group_size", "algo.clip_high", "learner.zero_stage", "queue.max_staleness",
                 "rollout.tie_handling", "cluster.metrics_host", "--dry-run", "--resume"):
         assert key in out
-    assert "Completions sampled per prompt (G)" in options_help()
+    assert "Completions sampled per prompt (G)" in options_help(RunConfig())
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -53,7 +55,7 @@ def test_bad_arms_are_refused(capsys):
 
 def test_a_run_that_cannot_recover_exits_1_with_the_reason(monkeypatch, capsys):
     import cluster.cli as cli
-    from cluster.driver import RunFailed
+    from cluster.loop.driver import RunFailed
 
     def failing(args):
         raise RunFailed("learner failed 4 times; last error: boom")

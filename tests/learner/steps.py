@@ -4,8 +4,9 @@ import dataclasses
 
 import torch
 
-from cluster.schema import Group, build_batch, to_tensors
+from cluster.contract.schema import Group, build_batch
 from learner.algo import compute_advantages, policy_loss
+from learner.batch import to_tensors
 from learner.rank import token_logprobs
 
 LR = 1e-3

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.config import load_config
+from cluster.contract.config import load_config
 from learner.learner_actor import LearnerGroup
 from tests.learner.steps import LR, reference_step, step_batch
 

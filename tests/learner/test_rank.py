@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from cluster.config import load_config
-from cluster.weight_sync import build_manifest, compare_probe, pack_buckets, probe_logprobs
+from cluster.contract.config import load_config
+from cluster.contract.weights import build_manifest, compare_probe, pack_buckets, probe_logprobs
 from tests.learner.steps import LR, reference_step, step_batch
 
 # cuBLAS needs this before its first use for deterministic results (resume exactness on GPU).

@@ -1,0 +1,390 @@
+"""The training driver: rollout actors, the replay queue and the learner group, run as one loop.
+
+``sync`` mode is on-policy: generate a step's groups, train on them, publish and verify the
+new weights on every rollout actor, repeat. ``async`` mode launches the next step's
+generation before training the current one, so engines keep sampling while the learner
+steps; groups more than ``queue.max_staleness`` versions old are dropped by the queue, and
+truncated importance sampling (``algo.tis_cap``) corrects for the lag using the engines'
+behaviour log-probs.
+
+Exactly-once: a step's groups are acked only once a checkpoint that includes their update
+is complete (per step when checkpoints are off). If the learner dies, the driver restores
+the last complete checkpoint, puts the un-acked groups back in the queue and replays them,
+so every group ends up trained once in the final model's lineage. A run that cannot
+recover raises ``RunFailed`` with the reason (the CLI exits non-zero).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pyarrow as pa
+import ray
+
+from cluster.contract.config import RunConfig, to_yaml
+from cluster.loop.acks import AckBook
+from cluster.loop.checkpoint import (
+    CheckpointWriteError,
+    latest_checkpoint,
+    read_state,
+    write_checkpoint,
+)
+from cluster.loop.metrics import LoopMetrics
+from cluster.loop.run_log import RunLog
+from cluster.metrics.catalogue import serve_once
+from cluster.queue.actor import ReplayQueueActor
+from learner.learner_actor import LearnerGroup
+
+MAX_LEARNER_RESTARTS = 3
+
+
+class RunFailed(RuntimeError):
+    """The run stopped and could not recover; the message says why."""
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports (also written to summary.json)."""
+
+    steps: int = 0
+    policy_version: int = 0
+    rollouts: int = 0
+    wall_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    eval: List[Dict[str, float]] = field(default_factory=list)
+    learner_restarts: int = 0
+    dropped: Dict[str, int] = field(default_factory=dict)
+    idle_fraction: Dict[str, float] = field(default_factory=dict)
+
+
+def split(total: int, parts: int) -> List[int]:
+    """``total`` items over ``parts`` workers as evenly as possible."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+class Driver:
+    """Runs one training run (or one arm of a comparison) on existing rollout actors."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, model_path: str, actors: list,
+                 progress: Optional[Callable[[Dict[str, object]], None]] = None,
+                 resume: bool = False) -> None:
+        self.config, self.run_dir, self.model_path = config, Path(run_dir), model_path
+        self.actors = actors
+        self.progress = progress or (lambda row: None)
+        self.resume = resume
+        self.log = RunLog(self.run_dir)
+        # Per-group accounting: which step trained each group, or why it was dropped.
+        self.ledger = RunLog(self.run_dir, "ledger")
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.summary = RunSummary()
+        self._published: Optional[Tuple[object, list]] = None
+        self.acks = AckBook()
+        self._sync_futures: Optional[list] = None  # async mode: updates still in flight
+        self._busy = {"rollout": 0.0, "learner": 0.0}
+        self.metrics = LoopMetrics(config.name)
+        if config.cluster.metrics_port:
+            port = serve_once(config.cluster.metrics_port, config.cluster.metrics_host)
+            self.progress({"kind": "info", "message": "metrics at "
+                           f"http://{config.cluster.metrics_host}:{port}/metrics"})
+
+    # ------------------------------------------------------------------ set-up
+
+    def _start(self) -> Tuple[int, int]:
+        """Start queue and learner (from the newest checkpoint when resuming)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
+        attempt = len(list((self.run_dir / "queue").glob("attempt-*")))
+        queue_name = f"duet-queue-{uuid.uuid4().hex[:12]}"
+        cluster = self.config.cluster
+        self.queue = ReplayQueueActor.options(name=queue_name).remote(
+            self.config.queue, str(self.run_dir / "queue" / f"attempt-{attempt}"),
+            cluster.metrics_host, cluster.metrics_port + 1 if cluster.metrics_port else 0)
+        ray.get([a.reset.remote(self.config, queue_name, str(self.run_dir / "state"))
+                 for a in self.actors])
+        skipped = ray.get(self.actors[0].source_stats.remote())
+        if skipped:  # dataset rows refused at load (task.skip_bad_rows): never became groups
+            self.ledger.write("bad_rows", counts=skipped)
+            self.summary.dropped["bad_row"] = sum(skipped.values())
+        ckpt = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        step, version = 0, 0
+        if ckpt is not None:
+            state = read_state(ckpt)
+            step, version = state["step"], state["policy_version"]
+            self.learner = LearnerGroup(self.config, str(ckpt / "model"))
+            self.learner.call("load", str(ckpt))
+            ray.get([a.set_cursor.remote(c) for a, c in zip(self.actors, state["cursors"])])
+            self.summary.rollouts = state.get("rollouts", 0)
+            self.log.write("resume", step=step, policy_version=version, checkpoint=str(ckpt))
+        else:
+            self.learner = LearnerGroup(self.config, self.model_path)
+            if self.resume:  # nothing was checkpointed: start the prompt stream over
+                ray.get([a.set_cursor.remote(0) for a in self.actors])
+        if self.resume:
+            # Whatever was trained after the checkpoint is lost; the prompt stream rewinds
+            # to the checkpoint's cursors, so those groups are produced and trained again.
+            self.ledger.write("rollback", to_step=step, regenerate=True)
+        return step, version
+
+    # ------------------------------------------------------------------ weights
+
+    def _sync_weights(self, version: int, wait: bool = True) -> Dict[str, float]:
+        start = time.perf_counter()
+        manifest, refs, gather_s = self.learner.publish(version)
+        self._published = (manifest, refs)
+        futures = [a.update_weights.remote(manifest, refs) for a in self.actors]
+        timings = {"sync_gather_s": gather_s, "sync_bytes": float(manifest.total_bytes)}
+        if wait:
+            per_actor = ray.get(futures)
+            for phase in ("transfer", "load", "verify"):
+                timings[f"sync_{phase}_s"] = max(t[phase] for t in per_actor)
+            timings["probe_max_abs_diff"] = max(t["probe_max_abs_diff"] for t in per_actor)
+        else:
+            self._sync_futures = futures
+        timings["sync_s"] = time.perf_counter() - start
+        return timings
+
+    def _resync_restarted_actors(self, version: int) -> None:
+        """A rollout actor Ray restarted comes back with its initial weights: resend them."""
+        states = ray.get([a.state.remote() for a in self.actors])
+        stale = [a for a, s in zip(self.actors, states) if s["policy_version"] != version]
+        if stale and self._published is not None:
+            manifest, refs = self._published
+            ray.get([a.update_weights.remote(manifest, refs) for a in stale])
+            self.log.write("rollout_resync", actors=len(stale), policy_version=version)
+            self.metrics.restarted("rollout", len(stale))
+
+    # ------------------------------------------------------------------ the loop
+
+    def _launch(self, step: int, attempt_tag: str):
+        if self.acks.held():  # a restarted queue counts them as waiting: they are not
+            ray.get(self.queue.hold.remote(self.acks.held()))
+        waiting = ray.get(self.queue.stats.remote())["waiting_groups"]
+        need = max(0, self.config.algo.prompts_per_step - waiting)
+        if need == 0:
+            return []
+        parts = split(need, len(self.actors))
+        return [a.generate.remote(n, f"{self.config.name}-{attempt_tag}-{step}")
+                for a, n in zip(self.actors, parts) if n]
+
+    def _collect(self, futures, step: int) -> Dict[str, float]:
+        stats = ray.get(futures)
+        out = {"generate_s": max((s.generate_seconds for s in stats), default=0.0),
+               "reward_s": max((s.reward_seconds for s in stats), default=0.0),
+               "queue_put_s": max((s.queue_seconds for s in stats), default=0.0),
+               "rollouts": float(sum(s.rollouts for s in stats)),
+               "completion_tokens": float(sum(s.completion_tokens for s in stats)),
+               "groups_put": float(sum(s.groups_put for s in stats)),
+               "groups_tied": float(sum(s.groups_tied for s in stats)),
+               "reward_flags": float(sum(s.reward_flags for s in stats))}
+        for s in stats:
+            if s.group_ids:
+                self.ledger.write("produced", step=step, group_ids=s.group_ids)
+            for reason, ids in s.dropped_ids.items():
+                self._dropped(reason, step, ids)
+            busy = s.generate_seconds + s.reward_seconds + s.queue_seconds
+            self._busy["rollout"] += busy / len(self.actors)
+        return out
+
+    def _dropped(self, reason: str, step: int, group_ids: List[str]) -> None:
+        """The one place a dropped group is counted: ledger, summary and metric agree."""
+        self.ledger.write("dropped", reason=reason, step=step, group_ids=group_ids)
+        self.summary.dropped[reason] = self.summary.dropped.get(reason, 0) + len(group_ids)
+        self.metrics.dropped(reason, len(group_ids))
+
+    def _take_step_batch(self, version: int, step: int
+                         ) -> Tuple[Optional[pa.RecordBatch], List[int], Dict[str, float]]:
+        start = time.perf_counter()
+        # Trained groups awaiting their checkpoint's ack stay in flight even if the queue
+        # restarted meanwhile (it would otherwise deliver them again).
+        delivery = ray.get(self.queue.get.remote(self.config.algo.prompts_per_step, version, 5.0,
+                                                 hold=self.acks.held()))
+        info = {"queue_get_s": time.perf_counter() - start,
+                "staleness_max": float(max(delivery.staleness, default=0))}
+        if delivery.stale_ids:
+            self._dropped("stale", step, delivery.stale_ids)
+        if not delivery.offsets:
+            return None, [], info
+        batch = delivery.batch
+        ok = [all(s == "ok" for s in row) for row in batch.column("reward_status").to_pylist()]
+        bad = [o for o, good in zip(delivery.offsets, ok) if not good]
+        if bad:
+            ray.get(self.queue.drop.remote(bad, "reward_error"))
+            ids = batch.column("group_id").to_pylist()
+            self._dropped("reward_error", step, [i for i, good in zip(ids, ok) if not good])
+            batch = batch.filter(pa.array(ok))
+        offsets = [o for o, good in zip(delivery.offsets, ok) if good]
+        return (batch if offsets else None), offsets, info
+
+    def _evaluate(self, step: int, version: int) -> Dict[str, float]:
+        result = ray.get(self.actors[0].evaluate.remote())
+        row = {"step": step, "policy_version": version, "accuracy": result["accuracy"],
+               "mean_at_k": result["mean_at_k"], "k": result["k"],
+               "n": result["n"], "rollouts": self.summary.rollouts,
+               "wall_s": time.perf_counter() - self._t0}
+        self.summary.eval.append(row)
+        self.log.write("eval", **row)
+        self.metrics.eval(row)
+        self.progress({"kind": "eval", **row})
+        return row
+
+    def run(self) -> RunSummary:
+        from ray.exceptions import RayActorError
+
+        setup_start = time.perf_counter()
+        step, version = self._start()
+        attempt = 0
+        self._sync_weights(version)
+        # Wall time counts training only, so arms with different start-up costs compare fairly.
+        self._t0 = time.perf_counter()
+        self.summary.setup_seconds = self._t0 - setup_start
+        self._evaluate(step, version)
+        every = self.config.eval_every
+        pending = None
+        while step < self.config.steps and not self._out_of_budget():
+            try:
+                step, version, pending = self._one_step(step, version, pending, f"a{attempt}")
+            except (RayActorError, FloatingPointError) as err:
+                if isinstance(err, FloatingPointError):
+                    raise RunFailed(str(err)) from None
+                attempt += 1
+                step, version = self._recover(err, attempt)
+                pending = None
+                continue
+            if every and step % every == 0 and step < self.config.steps:
+                self._evaluate(step, version)
+        self._evaluate(step, version)
+        self._checkpoint(step, version)
+        return self._finish(step, version)
+
+    def _out_of_budget(self) -> bool:
+        c = self.config
+        if c.max_rollouts and self.summary.rollouts >= c.max_rollouts:
+            return True
+        return bool(c.max_wall_seconds) and time.perf_counter() - self._t0 >= c.max_wall_seconds
+
+    def _one_step(self, step: int, version: int, pending, tag: str):
+        async_mode = self.config.cluster.mode == "async"
+        row: Dict[str, object] = {"step": step + 1}
+        t_step = time.perf_counter()
+        if pending is None:
+            self._resync_restarted_actors(version)
+            pending = self._launch(step, tag)
+        t = time.perf_counter()
+        row.update(self._collect(pending, step + 1))
+        if self._sync_futures:
+            ray.get(self._sync_futures)  # async: surface a failed sync before going on
+            self._sync_futures = None
+        row["wait_rollout_s"] = time.perf_counter() - t
+        batch, offsets, info = self._take_step_batch(version, step + 1)
+        row.update(info)
+        pending = None
+        if async_mode and step + 1 < self.config.steps:
+            pending = self._launch(step + 1, tag)  # engines sample while the learner trains
+        if batch is not None:
+            metrics = self.learner.train_step(batch)
+            self.ledger.write("trained", step=step + 1, attempt=tag,
+                              group_ids=batch.column("group_id").to_pylist())
+            self._busy["learner"] += metrics["learner_seconds"]
+            row.update({k: v for k, v in metrics.items()})
+            version += 1
+            row.update(self._sync_weights(version, wait=not async_mode))
+            self.acks.trained(offsets)
+        self.summary.rollouts += int(row["rollouts"])
+        step += 1
+        if not self.config.checkpoint_every:
+            ray.get(self.queue.ack.remote(self.acks.take()))
+        elif step % self.config.checkpoint_every == 0:
+            self._checkpoint(step, version)
+        elapsed = time.perf_counter() - self._t0
+        row.update({"policy_version": version, "rollouts_total": self.summary.rollouts,
+                    "wall_s": elapsed, "step_s": time.perf_counter() - t_step,
+                    "tokens_per_s": (row.get("completion_tokens", 0.0)
+                                     / max(row.get("generate_s", 0.0), 1e-9))})
+        self.log.write("step", **row)
+        self.metrics.step(row)
+        self.progress({"kind": "step", **row})
+        return step, version, pending
+
+    # ------------------------------------------------------------------ checkpoints, recovery
+
+    def _checkpoint(self, step: int, version: int) -> Path:
+        """Write a checkpoint atomically (``cluster.loop.checkpoint``), then ack its groups.
+
+        A write that fails (disk full, permissions) stops the run: the previous complete
+        checkpoint is untouched and ``--resume`` continues from it once the cause is fixed.
+        """
+        def fill(tmp: Path) -> Dict[str, object]:
+            self.learner.call("save", str(tmp), self.model_path)
+            cursors = [s["cursor"] for s in ray.get([a.state.remote() for a in self.actors])]
+            queue = ray.get(self.queue.stats.remote())
+            return {"step": step, "policy_version": version, "cursors": cursors,
+                    "rollouts": self.summary.rollouts, "time": time.time(),
+                    # This attempt's queue offsets: groups up to "trained_through" are in
+                    # this checkpoint (acked just below); later ones are replayed or
+                    # regenerated.
+                    "queue": {"next_offset": queue["next_offset"],
+                              "trained_through": self.acks.trained_through(
+                                  queue["committed_watermark"])}}
+
+        try:
+            final = write_checkpoint(self.ckpt_dir, step, fill, self.config.keep_checkpoints)
+        except CheckpointWriteError as err:
+            previous = latest_checkpoint(self.ckpt_dir)
+            raise RunFailed(
+                f"checkpoint of step {step} could not be written to {self.ckpt_dir} ({err}); "
+                + (f"the previous checkpoint {previous.name} is complete and untouched: "
+                   "fix the cause (e.g. free disk space) and continue with --resume"
+                   if previous else "no earlier checkpoint exists")) from None
+        acked = self.acks.take()
+        if acked:
+            ray.get(self.queue.ack.remote(acked))
+        self.log.write("checkpoint", step=step, policy_version=version, path=str(final))
+        return final
+
+    def _recover(self, err: Exception, attempt: int) -> Tuple[int, int]:
+        """Restart the learner group from the newest complete checkpoint and replay."""
+        self.summary.learner_restarts += 1
+        self.metrics.restarted("learner")
+        if attempt > MAX_LEARNER_RESTARTS:
+            raise RunFailed(f"learner failed {attempt} times; last error: {err}") from None
+        self.learner.kill()
+        ckpt = latest_checkpoint(self.ckpt_dir)
+        if ckpt is None:
+            step, version, path = 0, 0, self.model_path
+        else:
+            state = read_state(ckpt)
+            step, version, path = state["step"], state["policy_version"], str(ckpt / "model")
+        self.learner = LearnerGroup(self.config, path)
+        if ckpt is not None:
+            self.learner.call("load", str(ckpt))
+        requeued = ray.get(self.queue.requeue_inflight.remote())
+        self.acks.forget()
+        self._sync_weights(version)
+        # Trainings after the checkpoint were lost with the learner; the queue redelivers
+        # their groups (the prompt stream is not rewound, so drops stand).
+        self.ledger.write("rollback", to_step=step, regenerate=False)
+        self.log.write("learner_restart", attempt=attempt, from_step=step, requeued=requeued,
+                       error=str(err)[:500])
+        return step, version
+
+    def _finish(self, step: int, version: int) -> RunSummary:
+        wall = time.perf_counter() - self._t0
+        self.summary.steps, self.summary.policy_version = step, version
+        self.summary.wall_seconds = wall
+        self.summary.idle_fraction = {role: max(0.0, 1 - busy / wall)
+                                      for role, busy in self._busy.items()}
+        self.ledger.write("pending", group_ids=ray.get(self.queue.pending_ids.remote()))
+        self.ledger.write("finished", step=step)
+        self.log.write("summary", **{k: v for k, v in self.summary.__dict__.items()
+                                     if not isinstance(v, (list, dict))})
+        self.log.finish()
+        self.ledger.close()
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary.__dict__, indent=1))
+        self.learner.kill()
+        ray.kill(self.queue)
+        return self.summary

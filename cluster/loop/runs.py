@@ -1,0 +1,55 @@
+"""The run-level entry points the CLI dispatches to: train one policy, evaluate a model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import ray
+
+from cluster.contract.config import RunConfig
+from cluster.loop.driver import Driver, RunSummary
+from cluster.loop.launch import start_ray, start_rollouts
+from cluster.loop.progress import Progress
+from cluster.policy.models import resolve_model
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.output_dir) / config.name
+
+
+def fresh_run_dir(config: RunConfig, resume: bool = False) -> Path:
+    """The run's folder; a previous run found there is moved aside, never overwritten."""
+    run_dir = run_dir_of(config)
+    if resume or not run_dir.exists() or not any(run_dir.iterdir()):
+        return run_dir
+    aside = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    print(f"{run_dir} held an earlier run: moved it to {aside} "
+          "(use --resume to continue a run instead)")
+    return run_dir
+
+
+def train(config: RunConfig, resume: bool = False) -> RunSummary:
+    """``duet train``: one policy, with live progress, into ``runs/<name>``."""
+    run_dir = fresh_run_dir(config, resume)
+    start_ray(config)
+    model_path = resolve_model(config)
+    actors = start_rollouts(config, str(model_path), run_dir / "engines")
+    progress = Progress(config.steps)
+    try:
+        return Driver(config, run_dir, str(model_path), actors, progress=progress,
+                      resume=resume).run()
+    finally:
+        progress.close()
+
+
+def evaluate_model(config: RunConfig, model: Optional[str], k: Optional[int]) -> Dict[str, object]:
+    """``duet eval``: held-out greedy accuracy and mean@k of ``model`` (default model.path)."""
+    start_ray(config)
+    path = Path(model) if model else resolve_model(config)
+    actors = start_rollouts(config, str(path), run_dir_of(config) / "engines")
+    got = ray.get(actors[0].evaluate.remote(None, k))
+    return {"model": str(path), "greedy_accuracy": got["accuracy"],
+            f"mean@{got['k']}": got["mean_at_k"], "n": got["n"]}
