@@ -14,7 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from cluster.contract.weights import WeightManifest, WeightSyncError, compare_probe, digest, tensor_views
+from cluster.contract.weights import (
+    PROBE_TOLERANCE,
+    WeightManifest,
+    WeightSyncError,
+    compare_probe,
+    digest,
+    tensor_views,
+)
 
 
 def sync_dir() -> Path:
@@ -96,6 +103,11 @@ class EngineWeights:
         return [lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
 
     def verify(self, manifest: WeightManifest) -> float:
+        """Largest probe difference; ``WeightSyncError`` naming the version beyond tolerance."""
         if not manifest.probe_token_ids:
             return 0.0
-        return compare_probe(manifest.probe_logprobs, self.probe(manifest.probe_token_ids))
+        try:
+            return compare_probe(manifest.probe_logprobs, self.probe(manifest.probe_token_ids),
+                                 PROBE_TOLERANCE[manifest.dtype])
+        except WeightSyncError as err:
+            raise WeightSyncError(f"policy version {manifest.version}: {err}") from None

@@ -222,7 +222,8 @@ class LearnerRank:
                 return None
             named = list(self._ds.named_full_tensors(self.engine))
             buckets = list(pack_buckets(named, bucket_bytes))
-            manifest = build_manifest(version, buckets, self.engine.module, self.vocab_size)
+            manifest = build_manifest(version, buckets, self.engine.module, self.vocab_size,
+                                      self.config.model.dtype)
         refs = [ray.put(as_payload(data)) for data, _ in buckets]
         return manifest, refs, time.perf_counter() - start
 

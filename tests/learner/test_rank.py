@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from cluster.contract.config import load_config
-from cluster.contract.weights import build_manifest, compare_probe, pack_buckets, probe_logprobs
+from cluster.contract.weights import (
+    ProbeTolerance,
+    build_manifest,
+    compare_probe,
+    pack_buckets,
+    probe_logprobs,
+)
 from tests.learner.steps import LR, reference_step, step_batch
 
 # cuBLAS needs this before its first use for deterministic results (resume exactness on GPU).
@@ -79,7 +85,7 @@ def test_bf16_trains_and_published_weights_verify_on_a_cpu_copy(tiny_model_path,
     # computed there; a CPU model loaded from the buckets must reproduce the probe.
     with ds.full_parameters(rank.engine):
         buckets = list(pack_buckets(ds.named_full_tensors(rank.engine), bucket_bytes=200_000))
-        manifest = build_manifest(1, buckets, rank.engine.module, rank.vocab_size)
+        manifest = build_manifest(1, buckets, rank.engine.module, rank.vocab_size, "bfloat16")
     from safetensors.torch import load as load_bytes
 
     state = {k: v for data, _ in buckets for k, v in load_bytes(data).items()}
@@ -87,4 +93,4 @@ def test_bf16_trains_and_published_weights_verify_on_a_cpu_copy(tiny_model_path,
     cpu.load_state_dict(state)
     got = probe_logprobs(cpu.float(), manifest.probe_token_ids)
     # bf16 weights evaluated in float32 on the CPU vs bf16 on the device: bf16 rounding.
-    assert compare_probe(manifest.probe_logprobs, got, tolerance=0.1) < 0.1
+    assert compare_probe(manifest.probe_logprobs, got, ProbeTolerance(0.1, 0.0)) < 0.1

@@ -162,3 +162,32 @@ def test_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(
     assert latest_checkpoint(ckpts).name == "step-000006"
     report = audit(tmp_path)
     assert report.ok, report.text()
+
+
+def test_a_sync_that_fails_verification_twice_stops_the_run_naming_version_and_cause(
+        engines, tiny_model_path, tmp_path, monkeypatch):
+    """Every publish after the first is corrupted in the object store (one byte flipped):
+    the engines refuse it, the driver republishes once, then stops with the reason."""
+    from learner.learner_actor import LearnerGroup
+
+    real = LearnerGroup.publish
+
+    def corrupted(self, version, *args):
+        manifest, refs, seconds = real(self, version, *args)
+        if version >= 1:
+            bad = bytearray(ray.get(refs[0]))
+            bad[len(bad) // 2] ^= 0xFF
+            refs = [ray.put(bytes(bad))] + refs[1:]
+        return manifest, refs, seconds
+
+    monkeypatch.setattr(LearnerGroup, "publish", corrupted)
+    driver = Driver(load_config(None, BASE + ["steps=3"]), tmp_path, tiny_model_path, engines)
+    with pytest.raises(RunFailed) as err:
+        driver.run()
+    driver.learner.kill()
+    ray.kill(driver.queue)
+    assert ("weights of policy version 1 failed verification twice on rollout actor 0"
+            in str(err.value))
+    assert "bucket 0 is corrupted" in str(err.value) and "Traceback" not in str(err.value)
+    retries = read_rows(tmp_path / "metrics.jsonl", "sync_retry")
+    assert [r["policy_version"] for r in retries] == [1]
