@@ -84,7 +84,7 @@ def arms(base) -> Dict[str, object]:
 
 
 def bench_tiny(out: Path, seeds: List[int], steps: int, target: float) -> Dict[str, object]:
-    from cluster.loop.launch import start_rollouts
+    from cluster.loop.launch import start_rollouts, stop_rollouts
     from cluster.policy.models import resolve_model
 
     every = f"eval_every={EVAL_EVERY}"
@@ -112,8 +112,7 @@ def bench_tiny(out: Path, seeds: List[int], steps: int, target: float) -> Dict[s
                 f"{time_to_target(got[g]['evals'], got[g]['steps'], target)} s to target"
                 for g in got), flush=True)
     finally:
-        for a in actors:
-            ray.kill(a)
+        stop_rollouts(actors)
     rows = []
     for g, runs in per_arm.items():
         reached = [time_to_target(r["evals"], r["steps"], target) for r in runs]
@@ -155,7 +154,7 @@ def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
     """Both arms over the same epochs of a fixed prompt set: the paper's comparison."""
     import dataclasses
 
-    from cluster.loop.launch import start_rollouts
+    from cluster.loop.launch import start_rollouts, stop_rollouts
     from cluster.policy.models import resolve_model
 
     data = write_fixed_set(out / "fixed-set.jsonl", train_prompts)
@@ -183,8 +182,7 @@ def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
                       f"{r['step_s'] * steps:.1f} s, greedy {final['accuracy']:.3f}, "
                       f"mean@k {final['mean_at_k']:.3f}", flush=True)
     finally:
-        for a in actors:
-            ray.kill(a)
+        stop_rollouts(actors)
     label = f"tiny task, {epochs} epoch(s) of a fixed set of {train_prompts} prompts"
     rows = [{"figure": f"{label}, {g}-GRPO ({64 // int(g)} x {g})",
              "steps": runs[0]["steps"],
@@ -203,7 +201,7 @@ def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
 
 def bench_100m(out: Path, steps: int) -> Dict[str, object]:
     from benchmarks.rollout import MODEL_100M
-    from cluster.loop.launch import start_rollouts
+    from cluster.loop.launch import start_rollouts, stop_rollouts
     from cluster.policy.embedded import build_model, build_tokenizer, save_model_folder
 
     model = str(save_model_folder(build_model(MODEL_100M), build_tokenizer(), out / "m100"))
@@ -216,8 +214,7 @@ def bench_100m(out: Path, steps: int) -> Dict[str, object]:
     try:
         got = {g: run_arm(c, out / f"m100-g{g}", model, actors) for g, c in configs.items()}
     finally:
-        for a in actors:
-            ray.kill(a)
+        stop_rollouts(actors)
     rows = []
     for g, r in got.items():
         rows.append({"figure": f"~100M model, {g}-GRPO ({64 // int(g)} x {g}), {steps} steps",

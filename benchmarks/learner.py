@@ -26,7 +26,7 @@ from benchmarks.common import emit, machine, parser, ratio_summary, summary
 from benchmarks.learner_loops import duet_step, make_batch, raw_step
 from cluster.contract.config import load_config
 from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
-from learner.rank import LearnerRank, free_port
+from learner.rank import LearnerRank
 
 MODEL_100M = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
                            intermediate_size=2816, max_position=512)
@@ -47,9 +47,11 @@ class BenchRank(LearnerRank):
 
 
 def start_ranks(config, model_path: str) -> List:
-    port = free_port()
     world = config.learner.num_ranks
-    return [BenchRank.remote(config, r, world, port, model_path) for r in range(world)]
+    ranks = [BenchRank.remote(config, r, world) for r in range(world)]
+    master = ray.get(ranks[0].rendezvous.remote())
+    ray.get([r.start.remote(model_path, master) for r in ranks])
+    return ranks
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ QWEN_VOCAB = 151_936
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     args = p.parse_args()
-    from learner.rank import LearnerRank, free_port
+    from learner.rank import LearnerRank
 
     quick = args.quick
     spec, vocab = (TinyModelSpec(), None) if quick else (QWEN_1_5B, QWEN_VOCAB)
@@ -54,7 +54,8 @@ def main() -> None:
         "model.dtype=bfloat16", "model.gradient_checkpointing=true",
         f"learner.micro_batch_tokens={1024 if quick else 8192}",
         f"rollout.max_new_tokens={completion}", f"model.max_model_len={prompt + completion}"])
-    rank = LearnerRank(config, 0, 1, free_port(), path)
+    rank = LearnerRank(config, 0, 1)
+    rank.start(path)
     setup_s = time.perf_counter() - start
     vocab_ids = vocab or 18
     batches = [make_batch(rollouts // 2, 2, prompt, completion, vocab_ids, seed)

@@ -42,6 +42,7 @@ def tiny_model(folder: Path) -> str:
 def actor_scaling(out: Path, model: str, repeats: int, counts=(1, 2, 4)) -> List[Dict[str, object]]:
     from actors.rollout_actor import RolloutActor
     from cluster.contract.config import QueueConfig
+    from cluster.loop.launch import stop_rollouts
     from cluster.queue.actor import ReplayQueueActor
 
     rates: Dict[int, List[float]] = {}
@@ -60,8 +61,7 @@ def actor_scaling(out: Path, model: str, repeats: int, counts=(1, 2, 4)) -> List
             stats = ray.get([a.generate.remote(per) for a in actors])
             rates[n].append(sum(s.rollouts for s in stats) / (time.perf_counter() - start))
             ray.get(queue.get.remote(10**6, 0))
-        for a in actors:
-            ray.kill(a)
+        stop_rollouts(actors)
         ray.kill(queue)
     base = rates[counts[0]]
     return [{"figure": f"{n} rollout actor(s), 32 x 2 each per round",
@@ -74,7 +74,7 @@ def multinode(out: Path, model: str, steps: int) -> Dict[str, object]:
     from ray.cluster_utils import Cluster
 
     from cluster.loop.driver import Driver
-    from cluster.loop.launch import start_rollouts
+    from cluster.loop.launch import start_rollouts, stop_rollouts
 
     results = {}
     for layout in ("two_nodes", "one_node"):
@@ -110,8 +110,7 @@ def multinode(out: Path, model: str, steps: int) -> Dict[str, object]:
                 "sync_s": [r["sync_s"] for r in rows],
                 "probe_max_abs_diff": max(r["probe_max_abs_diff"] for r in rows),
             }
-            for a in actors:
-                ray.kill(a)
+            stop_rollouts(actors)
         finally:
             ray.shutdown()
             cluster.shutdown()

@@ -23,19 +23,30 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
-    """Join the learner's process group (ranks started by Ray rendezvous on their own)."""
+def init_distributed(rank: int, world_size: int, store) -> None:
+    """Join the learner's process group through ``store`` (rank 0's ``TCPStore``)."""
     os.environ.update({
-        "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(rank),
+        "RANK": str(rank), "WORLD_SIZE": str(world_size),
         # Ray gives each GPU rank its own CUDA_VISIBLE_DEVICES, so a rank's GPU is always
         # device 0 in its process (rank r's index would not exist there).
-        "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+        "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
     })
     if not on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
+    backend = "nccl" if on_gpu() else "gloo"
+    if torch.distributed.is_initialized():
+        # A process that hosts a second rank object in turn (tests, benchmarks) keeps its
+        # group; a different geometry in one process is a mistake.
+        got = (torch.distributed.get_rank(), torch.distributed.get_world_size())
+        if got != (rank, world_size):
+            raise RuntimeError(f"this process is already rank {got[0]} of {got[1]}; "
+                               f"cannot also be rank {rank} of {world_size}")
+    else:
+        torch.distributed.init_process_group(backend, store=store, rank=rank,
+                                             world_size=world_size)
+    deepspeed.init_distributed(dist_backend=backend)  # adopts the process group above
 
 
 def ds_config(config: LearnerConfig, bf16: bool) -> Dict[str, object]:

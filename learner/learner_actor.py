@@ -1,4 +1,9 @@
-"""Learner ranks as Ray actors, and the group of them the driver calls together."""
+"""Learner ranks as Ray actors, and the group of them the driver calls together.
+
+The ranks of one learner live in one placement group, a bundle each (the caller reserves
+it: ``cluster.loop.placement``). Rank 0 opens the rendezvous on its own node; every rank
+then joins at that address, so ranks on different nodes find each other.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,35 @@ from typing import Dict, List
 
 import pyarrow as pa
 import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.contract.config import RunConfig
 from cluster.contract.weights import BUCKET_BYTES
-from learner.rank import LearnerRank, free_port
+from learner.rank import LearnerRank
 
 LearnerActor = ray.remote(num_cpus=1, max_restarts=0)(LearnerRank)
 
 
 class LearnerGroup:
-    """W ``LearnerActor`` ranks that rendezvous on their own and are called together."""
+    """W ``LearnerActor`` ranks in one placement group, called together."""
 
-    def __init__(self, config: RunConfig, model_path: str, num_cpus: float = 1.0) -> None:
-        port = free_port()
+    def __init__(self, config: RunConfig, model_path: str, placement: PlacementGroup,
+                 num_cpus: float = 1.0) -> None:
+        """``placement``: a ready placement group with one bundle per rank; the group owns
+        it from here on (``kill`` releases it)."""
         world = config.learner.num_ranks
+        self.placement = placement
         self.ranks = [
-            LearnerActor.options(num_cpus=num_cpus, **config.cluster.actor_options("learner"))
-            .remote(config, r, world, port, model_path)
+            LearnerActor.options(
+                num_cpus=num_cpus, **config.cluster.actor_options("learner"),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement, placement_group_bundle_index=r),
+            ).remote(config, r, world)
             for r in range(world)
         ]
+        master = ray.get(self.ranks[0].rendezvous.remote())
+        self.call("start", model_path, master)
 
     def call(self, method: str, *args, **kwargs) -> list:
         return ray.get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks])
@@ -40,6 +55,7 @@ class LearnerGroup:
     def kill(self) -> None:
         for r in self.ranks:
             ray.kill(r)
+        remove_placement_group(self.placement)
 
 
 def combine_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:

@@ -15,9 +15,9 @@ same code trains on gloo/CPU and NCCL/GPU. Ray is imported only where a rank tal
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
-import socket
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,11 +29,14 @@ from cluster.contract.weights import BUCKET_BYTES, WeightManifest, as_payload, b
 from learner.algo import compute_advantages, informative, policy_loss
 from learner.batch import TrainBatch, to_tensors
 
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=5)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def node_address() -> str:
+    """This node's address as the other nodes of the Ray cluster see it (loopback without Ray)."""
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -64,15 +67,39 @@ def micro_batches(rows: Sequence[int], lengths: torch.Tensor, token_budget: int)
 class LearnerRank:
     """One data-parallel learner process holding a DeepSpeed engine."""
 
-    def __init__(self, config: RunConfig, rank: int, world_size: int, master_port: int,
-                 model_path: str) -> None:
+    def __init__(self, config: RunConfig, rank: int, world_size: int) -> None:
+        """Cheap: no process group or model yet. Rank 0 opens the rendezvous store on its
+        own node, on a port the OS picks and the store holds, so no port is released
+        before use and ranks on other nodes find it (``rendezvous``, then ``start``)."""
+        self.config, self.rank, self.world_size = config, rank, world_size
+        torch.manual_seed(config.seed + rank)
+        self._store = None
+        if rank == 0:
+            self._store = torch.distributed.TCPStore(
+                node_address(), 0, world_size, is_master=True, timeout=RENDEZVOUS_TIMEOUT,
+                wait_for_workers=False)
+
+    def rendezvous(self) -> Tuple[str, int]:
+        """Rank 0: the (address, port) every rank joins the process group through."""
+        if self._store is None:
+            raise RuntimeError(f"rank {self.rank} holds no rendezvous; ask rank 0")
+        return node_address(), self._store.port
+
+    def start(self, model_path: str, master: Optional[Tuple[str, int]] = None) -> None:
+        """Join the process group at ``master`` (rank 0: its own store), load the model,
+        build the DeepSpeed engine. A collective: every rank calls it together."""
         from transformers import AutoModelForCausalLM
 
         from learner import engine as ds
 
-        self.config, self.rank, self.world_size = config, rank, world_size
-        torch.manual_seed(config.seed + rank)
-        ds.init_distributed(rank, world_size, "127.0.0.1", master_port)
+        config = self.config
+        store = self._store
+        if store is None:
+            if master is None:
+                raise ValueError(f"rank {self.rank} needs rank 0's rendezvous address")
+            store = torch.distributed.TCPStore(master[0], master[1], self.world_size,
+                                               is_master=False, timeout=RENDEZVOUS_TIMEOUT)
+        ds.init_distributed(self.rank, self.world_size, store)
         model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch.float32, trust_remote_code=config.model.trust_remote_code)
         if config.model.gradient_checkpointing:

@@ -297,10 +297,15 @@ class ClusterConfig:
     """Interface the Prometheus endpoints bind to. Use 0.0.0.0 only on a trusted network."""
     metrics_port: int = 0
     """First Prometheus port; 0 disables the endpoints."""
+    placement_timeout_s: float = 600.0
+    """How long to wait for the cluster to fit a role's placement group before giving up
+    with what it asked for."""
 
     def __post_init__(self) -> None:
         _require(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", self.num_cpus,
                  "must be >= 1 or null")
+        _require(self.placement_timeout_s > 0, "placement_timeout_s", self.placement_timeout_s,
+                 "must be > 0")
         _require(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "must be >= 0")
         _require(0 <= self.metrics_port < 65536, "metrics_port", self.metrics_port,
                  "must be a port number (0 disables metrics)")
@@ -313,6 +318,14 @@ class ClusterConfig:
         if resource:
             options["resources"] = {resource: 0.001}
         return options
+
+    def bundle(self, role: Literal["rollout", "learner"], num_cpus: float) -> Dict[str, float]:
+        """One placement-group bundle: what one actor of ``role`` asks for (``actor_options``)."""
+        options = self.actor_options(role)
+        bundle = {"CPU": float(num_cpus), **options.get("resources", {})}
+        if options["num_gpus"]:
+            bundle["GPU"] = float(options["num_gpus"])
+        return bundle
 
 
 @dataclass(frozen=True)

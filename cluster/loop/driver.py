@@ -36,6 +36,7 @@ from cluster.loop.checkpoint import (
     write_checkpoint,
 )
 from cluster.loop.metrics import LoopMetrics
+from cluster.loop.placement import reserve
 from cluster.loop.run_log import RunLog
 from cluster.metrics.catalogue import serve_once
 from cluster.queue.actor import ReplayQueueActor
@@ -121,13 +122,13 @@ class Driver:
         if ckpt is not None:
             state = read_state(ckpt)
             step, version = state["step"], state["policy_version"]
-            self.learner = LearnerGroup(self.config, str(ckpt / "model"))
+            self.learner = self._learner_group(str(ckpt / "model"))
             self.learner.call("load", str(ckpt))
             ray.get([a.set_cursor.remote(c) for a, c in zip(self.actors, state["cursors"])])
             self.summary.rollouts = state.get("rollouts", 0)
             self.log.write("resume", step=step, policy_version=version, checkpoint=str(ckpt))
         else:
-            self.learner = LearnerGroup(self.config, self.model_path)
+            self.learner = self._learner_group(self.model_path)
             if self.resume:  # nothing was checkpointed: start the prompt stream over
                 ray.get([a.set_cursor.remote(0) for a in self.actors])
         if self.resume:
@@ -135,6 +136,10 @@ class Driver:
             # to the checkpoint's cursors, so those groups are produced and trained again.
             self.ledger.write("rollback", to_step=step, regenerate=True)
         return step, version
+
+    def _learner_group(self, model_path: str) -> LearnerGroup:
+        placement = reserve(self.config, "learner", self.config.learner.num_ranks)
+        return LearnerGroup(self.config, model_path, placement)
 
     # ------------------------------------------------------------------ weights
 
@@ -387,7 +392,7 @@ class Driver:
         else:
             state = read_state(ckpt)
             step, version, path = state["step"], state["policy_version"], str(ckpt / "model")
-        self.learner = LearnerGroup(self.config, path)
+        self.learner = self._learner_group(path)
         if ckpt is not None:
             self.learner.call("load", str(ckpt))
         requeued = ray.get(self.queue.requeue_inflight.remote())

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from actors.rollout_actor import RolloutActor
 from cluster.contract.config import RunConfig
+from cluster.loop.placement import in_bundle, reserve
+
+ROLLOUT_CPUS = 1.0  # what RolloutActor asks for by default
 
 
 def start_ray(config: RunConfig) -> None:
@@ -29,12 +34,33 @@ def start_ray(config: RunConfig) -> None:
              configure_logging=False)
 
 
-def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> list:
-    """One RolloutActor per ``rollout.num_workers``; waits until their engines are up."""
+class Engines(list):
+    """The rollout actors of a launch, and the placement group that holds their bundles."""
+
+    placement: Optional[PlacementGroup] = None
+
+
+def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> Engines:
+    """One RolloutActor per ``rollout.num_workers``, each in its bundle of one placement group
+    (packed); waits until their engines are up. ``stop_rollouts`` releases them."""
     # A fresh home per launch: a restarted actor reads only this launch's assignment.
     home = Path(state_dir) / uuid.uuid4().hex[:12]
-    placement = config.cluster.actor_options("rollout")
-    actors = [RolloutActor.options(**placement).remote(config, w, model_path, str(home))
-              for w in range(config.rollout.num_workers)]
-    ray.get([a.state.remote() for a in actors])
-    return actors
+    count = config.rollout.num_workers
+    engines = Engines()
+    engines.placement = reserve(config, "rollout", count, ROLLOUT_CPUS)
+    engines.extend(
+        RolloutActor.options(num_cpus=ROLLOUT_CPUS, **config.cluster.actor_options("rollout"),
+                             scheduling_strategy=in_bundle(engines.placement, w))
+        .remote(config, w, model_path, str(home))
+        for w in range(count))
+    ray.get([a.state.remote() for a in engines])
+    return engines
+
+
+def stop_rollouts(engines: list) -> None:
+    """Kill the engines and release their placement group."""
+    for actor in engines:
+        ray.kill(actor)
+    placement = getattr(engines, "placement", None)
+    if placement is not None:
+        remove_placement_group(placement)

@@ -5,10 +5,15 @@ import torch
 from safetensors.torch import load_file
 
 from cluster.contract.config import load_config
+from cluster.loop.placement import reserve
 from learner.learner_actor import LearnerGroup
 from tests.learner.steps import LR, reference_step, step_batch
 
 pytestmark = pytest.mark.slow
+
+
+def learners(config):
+    return reserve(config, "learner", config.learner.num_ranks)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -18,7 +23,7 @@ def test_two_ranks_match_reference_and_resume_exactly(ray_cluster, tiny_model_pa
                                 f"learner.lr={LR}", "learner.micro_batch_tokens=24"])
     batch = step_batch()
     ref_loss, ref_weights = reference_step(tiny_model_path, batch, config)
-    group = LearnerGroup(config, tiny_model_path, num_cpus=1)
+    group = LearnerGroup(config, tiny_model_path, learners(config))
     try:
         metrics = group.train_step(batch)
         weights = group.call("weights")[0]
@@ -37,7 +42,7 @@ def test_two_ranks_match_reference_and_resume_exactly(ray_cluster, tiny_model_pa
     # The checkpoint (safetensors + JSON only) resumes the optimizer exactly: the next step
     # from it gives the very weights the uninterrupted group reached.
     assert not [p.name for p in tmp_path.rglob("*") if p.suffix in (".pt", ".pkl", ".bin")]
-    resumed = LearnerGroup(config, str(tmp_path / "model"), num_cpus=1)
+    resumed = LearnerGroup(config, str(tmp_path / "model"), learners(config))
     try:
         resumed.call("load", str(tmp_path))
         resumed.train_step(step_batch(seed=1))
@@ -52,7 +57,7 @@ def test_bf16_with_gradient_checkpointing_trains_and_checkpoints(ray_cluster, ti
                                                                  tmp_path):
     config = load_config(None, ["learner.num_ranks=1", "model.dtype=bfloat16",
                                 "model.gradient_checkpointing=true", f"learner.lr={LR}"])
-    group = LearnerGroup(config, tiny_model_path, num_cpus=1)
+    group = LearnerGroup(config, tiny_model_path, learners(config))
     try:
         before = group.call("weights")[0]
         metrics = group.train_step(step_batch(seed=1))
@@ -79,7 +84,7 @@ def test_non_finite_loss_is_skipped_then_aborts(ray_cluster, tiny_model_path):
     poisoned = poisoned.set_column(poisoned.schema.get_field_index("rewards"),
                                    poisoned.schema.field("rewards"),
                                    pa.array(rewards, poisoned.schema.field("rewards").type))
-    group = LearnerGroup(config, tiny_model_path, num_cpus=1)
+    group = LearnerGroup(config, tiny_model_path, learners(config))
     try:
         before = group.call("weights")[0]
         metrics = group.train_step(poisoned)

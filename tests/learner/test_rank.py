@@ -36,11 +36,13 @@ def deterministic():
 
 
 def make_rank(model_path, *overrides):
-    from learner.rank import LearnerRank, free_port
+    from learner.rank import LearnerRank
 
     config = load_config(None, ["learner.num_ranks=1", f"learner.lr={LR}",
                                 "learner.micro_batch_tokens=24", *overrides])
-    return LearnerRank(config, 0, 1, free_port(), model_path)
+    rank = LearnerRank(config, 0, 1)
+    rank.start(model_path)
+    return rank
 
 
 @pytest.mark.parametrize("stage", [2, 3])

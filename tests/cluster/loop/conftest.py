@@ -1,10 +1,9 @@
 """Rollout engines shared by a test module (one vLLM start each), built from its ``BASE``."""
 
 import pytest
-import ray
 
 from cluster.contract.config import load_config
-from cluster.loop.launch import start_rollouts
+from cluster.loop.launch import start_rollouts, stop_rollouts
 
 
 @pytest.fixture(scope="module")
@@ -12,5 +11,4 @@ def engines(request, ray_cluster, tiny_model_path, tmp_path_factory):
     config = load_config(None, request.module.BASE)
     actors = start_rollouts(config, tiny_model_path, tmp_path_factory.mktemp("engines"))
     yield actors
-    for a in actors:
-        ray.kill(a)
+    stop_rollouts(actors)

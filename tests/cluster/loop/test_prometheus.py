@@ -10,11 +10,10 @@ import urllib.parse
 import urllib.request
 
 import pytest
-import ray
 
 from cluster.contract.config import load_config
 from cluster.loop.driver import Driver
-from cluster.loop.launch import start_rollouts
+from cluster.loop.launch import start_rollouts, stop_rollouts
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +73,7 @@ def test_prometheus_scrapes_a_duet_run(ray_cluster, tiny_model_path, tmp_path, p
     try:
         summary = Driver(config, tmp_path / "run", tiny_model_path, actors).run()
     finally:
-        for a in actors:
-            ray.kill(a)
+        stop_rollouts(actors)
     assert summary.steps == 12
     # The driver's endpoint outlives the run in this process; give Prometheus a scrape.
     checks = {
