@@ -29,12 +29,17 @@ def _config(args) -> RunConfig:
 
 
 def cmd_train(args) -> int:
+    from cluster.tools.memory import checked_plan
+
     config = _config(args)
     print(to_yaml(config))
     if args.dry_run:
         from cluster.tools.plan import resource_plan
 
         print(resource_plan(config))
+    memory = checked_plan(config)  # refuses a GPU plan that cannot fit, before anything starts
+    if args.dry_run:
+        print(memory.text() if memory else "memory plan: CPU run (or unknown model shape)")
         return 0
     from cluster.loop.runs import run_dir_of, train
 
@@ -51,9 +56,11 @@ def cmd_compare(args) -> int:
     from cluster.loop.compare import parse_arms, run_compare
     from cluster.loop.progress import Progress
     from cluster.loop.runs import fresh_run_dir
+    from cluster.tools.memory import checked_plan
     from cluster.tools.report import write_report
 
     base = _config(args)
+    checked_plan(base)
     arms = parse_arms(args.arms or base.compare.arms)
     lr_rule = args.lr_rule or base.compare.lr_rule
     budget = args.budget or base.compare.budget

