@@ -143,6 +143,18 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from cluster.tools.doctor import run_doctor
+
+    report = run_doctor(_config(args))
+    print(report.table())
+    if not report.ok:
+        print(f"duet doctor: failed at {report.failure}", file=sys.stderr)
+        return 1
+    print("duet doctor: every check passed")
+    return 0
+
+
 def cmd_audit(args) -> int:
     from cluster.tools.audit import audit, audit_json
 
@@ -262,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--eval-k", type=int, default=32, help="samples per eval prompt (mean@32)")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     plan.set_defaults(func=cmd_plan)
+
+    doctor = sub.add_parser(
+        "doctor", help="self-check the cluster: one engine and one learner rank on a small "
+                       "model of the configured architecture; exit 1 naming the failed check")
+    common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
 
     audit = sub.add_parser("audit", help="check that every group was trained once or dropped "
                                          "for a named reason (exit 1 if not)")
