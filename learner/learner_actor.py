@@ -7,7 +7,7 @@ then joins at that address, so ranks on different nodes find each other.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pyarrow as pa
 import ray
@@ -25,9 +25,9 @@ class LearnerGroup:
     """W ``LearnerActor`` ranks in one placement group, called together."""
 
     def __init__(self, config: RunConfig, model_path: str, placement: PlacementGroup,
-                 num_cpus: float = 1.0) -> None:
+                 num_cpus: float = 1.0, reference_path: Optional[str] = None) -> None:
         """``placement``: a ready placement group with one bundle per rank; the group owns
-        it from here on (``kill`` releases it)."""
+        it from here on (``kill`` releases it). ``reference_path``: the KL reference."""
         world = config.learner.num_ranks
         self.placement = placement
         self.ranks = [
@@ -39,7 +39,7 @@ class LearnerGroup:
             for r in range(world)
         ]
         master = ray.get(self.ranks[0].rendezvous.remote())
-        self.call("start", model_path, master)
+        self.call("start", model_path, master, reference_path)
 
     def call(self, method: str, *args, **kwargs) -> list:
         return ray.get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks])
@@ -53,9 +53,13 @@ class LearnerGroup:
         return self.call("publish", version, bucket_bytes)[0]
 
     def kill(self) -> None:
+        """Stop every rank and release the placement group (again: a no-op)."""
         for r in self.ranks:
             ray.kill(r)
-        remove_placement_group(self.placement)
+        self.ranks = []
+        if self.placement is not None:
+            remove_placement_group(self.placement)
+            self.placement = None
 
 
 def combine_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:

@@ -85,9 +85,13 @@ class LearnerRank:
             raise RuntimeError(f"rank {self.rank} holds no rendezvous; ask rank 0")
         return node_address(), self._store.port
 
-    def start(self, model_path: str, master: Optional[Tuple[str, int]] = None) -> None:
+    def start(self, model_path: str, master: Optional[Tuple[str, int]] = None,
+              reference_path: Optional[str] = None) -> None:
         """Join the process group at ``master`` (rank 0: its own store), load the model,
-        build the DeepSpeed engine. A collective: every rank calls it together."""
+        build the DeepSpeed engine. A collective: every rank calls it together.
+
+        ``reference_path``: the KL reference policy (the run's initial policy, which the
+        driver records in the run folder); default ``model_path``."""
         from transformers import AutoModelForCausalLM
 
         from learner import engine as ds
@@ -107,7 +111,9 @@ class LearnerRank:
         self.vocab_size = model.config.vocab_size
         self.reference = None
         if config.algo.kl_coef > 0:
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+            self.reference = AutoModelForCausalLM.from_pretrained(
+                reference_path or model_path, dtype=torch.float32,
+                trust_remote_code=config.model.trust_remote_code)
             self.reference.eval().requires_grad_(False)
         self.engine = ds.build_engine(model, config.learner,
                                       bf16=config.model.dtype == "bfloat16")

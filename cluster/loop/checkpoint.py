@@ -10,6 +10,7 @@ leaves the previous complete checkpoint as the newest one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -17,6 +18,7 @@ from typing import Callable, Dict, Optional
 from cluster.contract.files import atomic_write_json
 
 STATE_FILE = "duet_state.json"
+REFERENCE_DIR = "reference"
 
 
 class CheckpointWriteError(OSError):
@@ -32,6 +34,29 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 def read_state(checkpoint: Path) -> Dict[str, object]:
     """The driver's state saved with ``checkpoint``."""
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+
+
+def record_reference(model_path: str, run_dir: Path) -> Path:
+    """``run_dir/reference``: the run's initial policy, kept as the KL anchor for good.
+
+    Written once (files hard-linked where the filesystem allows, else copied; into a temp
+    folder, then renamed); a resumed run finds it and keeps its first anchor, whatever
+    ``model_path`` it is given now.
+    """
+    folder = Path(run_dir) / REFERENCE_DIR
+    if folder.exists():
+        return folder
+    tmp = folder.with_name(f".tmp-{REFERENCE_DIR}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in Path(model_path).iterdir():
+        if item.is_file():
+            try:
+                os.link(item, tmp / item.name)
+            except OSError:
+                shutil.copy2(item, tmp / item.name)
+    tmp.rename(folder)
+    return folder
 
 
 def write_state(path: Path, state: Dict[str, object]) -> None:

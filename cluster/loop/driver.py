@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import ray
+from ray.exceptions import RayActorError
 
 from cluster.contract.config import RunConfig, to_yaml
 from cluster.contract.weights import WeightSyncError
@@ -33,6 +34,7 @@ from cluster.loop.checkpoint import (
     CheckpointWriteError,
     latest_checkpoint,
     read_state,
+    record_reference,
     write_checkpoint,
 )
 from cluster.loop.metrics import LoopMetrics
@@ -43,6 +45,7 @@ from cluster.queue.actor import ReplayQueueActor
 from learner.learner_actor import LearnerGroup
 
 MAX_LEARNER_RESTARTS = 3
+MAX_EVAL_TRIES = 3
 
 
 class RunFailed(RuntimeError):
@@ -117,6 +120,10 @@ class Driver:
         if skipped:  # dataset rows refused at load (task.skip_bad_rows): never became groups
             self.ledger.write("bad_rows", counts=skipped)
             self.summary.dropped["bad_row"] = sum(skipped.values())
+        # The KL anchor is the run's initial policy, whichever checkpoint the learner resumes
+        # or recovers from: recorded in the run folder once, at the run's first start.
+        self.reference = (str(record_reference(self.model_path, self.run_dir))
+                          if self.config.algo.kl_coef > 0 else None)
         ckpt = latest_checkpoint(self.ckpt_dir) if self.resume else None
         step, version = 0, 0
         if ckpt is not None:
@@ -139,7 +146,7 @@ class Driver:
 
     def _learner_group(self, model_path: str) -> LearnerGroup:
         placement = reserve(self.config, "learner", self.config.learner.num_ranks)
-        return LearnerGroup(self.config, model_path, placement)
+        return LearnerGroup(self.config, model_path, placement, reference_path=self.reference)
 
     # ------------------------------------------------------------------ weights
 
@@ -254,7 +261,19 @@ class Driver:
         return (batch if offsets else None), offsets, info
 
     def _evaluate(self, step: int, version: int) -> Dict[str, float]:
-        result = ray.get(self.actors[0].evaluate.remote())
+        """Held-out evaluation on engine 0, of exactly ``version``: an engine Ray restarted
+        during the call ran the retried call on its initial weights, so it is resynced and
+        asked again."""
+        for _ in range(MAX_EVAL_TRIES):
+            self._resync_restarted_actors(version)
+            result = ray.get(self.actors[0].evaluate.remote())
+            if result["policy_version"] == version:
+                break
+            self.log.write("eval_retry", step=step, policy_version=version,
+                           engine_policy_version=result["policy_version"])
+        else:
+            raise RunFailed(f"evaluation at step {step} never ran on policy version {version}: "
+                            f"rollout actor 0 restarted during each of {MAX_EVAL_TRIES} tries")
         row = {"step": step, "policy_version": version, "accuracy": result["accuracy"],
                "mean_at_k": result["mean_at_k"], "k": result["k"],
                "n": result["n"], "rollouts": self.summary.rollouts,
@@ -266,33 +285,61 @@ class Driver:
         return row
 
     def run(self) -> RunSummary:
-        from ray.exceptions import RayActorError
+        """The whole run. Every call to an actor that can die — sync, generation, training,
+        evaluation, checkpoints, the final checkpoint — sits in one loop: a dead learner
+        (or any actor Ray could not bring back) is recovered from the newest complete
+        checkpoint and the run goes on; one that cannot be recovered raises ``RunFailed``."""
 
+        try:
+            return self._run()
+        except BaseException:
+            self._release()  # a run that stops frees its learner and queue for the next
+            raise
+
+    def _run(self) -> RunSummary:
         setup_start = time.perf_counter()
         step, version = self._start()
-        attempt = 0
-        self._sync_weights(version)
-        # Wall time counts training only, so arms with different start-up costs compare fairly.
         self._t0 = time.perf_counter()
-        self.summary.setup_seconds = self._t0 - setup_start
-        self._evaluate(step, version)
+        attempt, failure, pending, started = 0, None, None, False
         every = self.config.eval_every
-        pending = None
-        while step < self.config.steps and not self._out_of_budget():
+        while True:
             try:
+                if failure is not None:
+                    attempt += 1
+                    step, version = self._recover(failure, attempt)
+                    failure, pending = None, None
+                if not started:
+                    self._sync_weights(version)
+                    # Wall time counts training only, so arms with different start-up
+                    # costs compare fairly.
+                    self._t0 = time.perf_counter()
+                    self.summary.setup_seconds = self._t0 - setup_start
+                    self._evaluate(step, version)
+                    started = True
+                if step >= self.config.steps or self._out_of_budget():
+                    last = self.summary.eval[-1] if self.summary.eval else {}
+                    if (last.get("step"), last.get("policy_version")) != (step, version):
+                        self._evaluate(step, version)
+                    if self._checkpointed_step() != step:
+                        self._checkpoint(step, version)
+                    return self._finish(step, version)
                 step, version, pending = self._one_step(step, version, pending, f"a{attempt}")
-            except (RayActorError, FloatingPointError) as err:
-                if isinstance(err, FloatingPointError):
-                    raise RunFailed(str(err)) from None
-                attempt += 1
-                step, version = self._recover(err, attempt)
-                pending = None
-                continue
-            if every and step % every == 0 and step < self.config.steps:
-                self._evaluate(step, version)
-        self._evaluate(step, version)
-        self._checkpoint(step, version)
-        return self._finish(step, version)
+                if every and step % every == 0 and step < self.config.steps:
+                    self._evaluate(step, version)
+            except RayActorError as err:
+                failure = err
+            except FloatingPointError as err:
+                raise RunFailed(str(err)) from None
+
+    def _release(self) -> None:
+        if getattr(self, "learner", None) is not None:
+            self.learner.kill()
+        if getattr(self, "queue", None) is not None:
+            ray.kill(self.queue)
+
+    def _checkpointed_step(self) -> Optional[int]:
+        latest = latest_checkpoint(self.ckpt_dir)
+        return read_state(latest)["step"] if latest is not None else None
 
     def _out_of_budget(self) -> bool:
         c = self.config
@@ -418,6 +465,5 @@ class Driver:
         self.log.finish()
         self.ledger.close()
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary.__dict__, indent=1))
-        self.learner.kill()
-        ray.kill(self.queue)
+        self._release()
         return self.summary

@@ -34,3 +34,8 @@ def greedy(completion, answer):
     if completion == "big":
         _ = bytearray(8 * 2**30)
     return 1.0
+
+
+def starts_with_digit(completion, answer):
+    """A reward a random-init model earns about half the time: groups carry signal."""
+    return 1.0 if completion[:1].isdigit() else 0.0

@@ -191,3 +191,28 @@ def test_a_sync_that_fails_verification_twice_stops_the_run_naming_version_and_c
     assert "bucket 0 is corrupted" in str(err.value) and "Traceback" not in str(err.value)
     retries = read_rows(tmp_path / "metrics.jsonl", "sync_retry")
     assert [r["policy_version"] for r in retries] == [1]
+
+
+def test_kl_anchor_stays_the_initial_policy_across_interrupt_and_resume(
+        engines, tiny_model_path, tmp_path):
+    """kl_coef > 0: a run stopped after its step-2 checkpoint and resumed to step 4 reports
+    the same KL values and ends with the same weights as the run that never stopped. (The
+    reference was the resumed checkpoint before, which put the KL back to zero.)"""
+    kl = ["algo.kl_coef=0.05", "checkpoint_every=2", "keep_checkpoints=5",
+          "rollout.reward=tests.actors.reward_fixtures:starts_with_digit"]
+    full = tmp_path / "full"
+    run(engines, tiny_model_path, full, ["steps=4", *kl])
+    stopped = tmp_path / "stopped"
+    run(engines, tiny_model_path, stopped, ["steps=2", *kl])
+    run(engines, tiny_model_path, stopped, ["steps=4", *kl], resume=True)
+
+    def kl_by_step(run_dir):
+        rows = read_rows(run_dir / "metrics.jsonl", "step")
+        return {r["step"]: r["kl"] for r in rows}
+
+    want, got = kl_by_step(full), kl_by_step(stopped)
+    assert want[3] > 0 and want[4] > 0
+    assert [got[3], got[4]] == [want[3], want[4]]
+    a, b = final_weights(full), final_weights(stopped)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+    assert (stopped / "reference" / "config.json").exists()
