@@ -21,6 +21,17 @@ from cluster.contract.files import atomic_write_json
 from cluster.contract.weights import WeightManifest
 
 
+def find_queue(name: Optional[str]):
+    """The named queue actor; None when there is none, or when its run has ended and
+    released it (a queue that crashed is restarted by Ray under the same name)."""
+    if not name:
+        return None
+    try:
+        return ray.get_actor(name)
+    except ValueError:
+        return None
+
+
 def queue_sink(queue):
     """A sink that puts a batch into a ``ReplayQueueActor`` and waits for it to be logged."""
     if queue is None:
@@ -38,7 +49,9 @@ class RolloutActorBase(RolloutWorker):
         if restarted:  # Ray restarted this actor: pick up the run it served
             saved = json.loads(self._assignment.read_text())
             config, state_dir = load_config(saved["config"]), saved["state_dir"]
-            queue = ray.get_actor(saved["queue"]) if saved["queue"] else None
+            # A run that has finished released its queue: come up without one and wait
+            # for the next reset rather than fail to start (and die for good).
+            queue = find_queue(saved["queue"])
         super().__init__(config, worker, model_path, state_dir, queue_sink(queue))
         if restarted:
             self.policy_version = -1
@@ -48,8 +61,10 @@ class RolloutActorBase(RolloutWorker):
         self._assignment.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self._assignment, {"config": to_dict(config), "queue": queue_name,
                                              "state_dir": state_dir})
-        self.assign(config, queue_sink(ray.get_actor(queue_name) if queue_name else None),
-                    state_dir)
+        queue = find_queue(queue_name)
+        if queue_name and queue is None:
+            raise ValueError(f"no replay queue named {queue_name!r} to serve")
+        self.assign(config, queue_sink(queue), state_dir)
         self.policy_version = -1
 
     def update_weights(self, manifest: WeightManifest, buckets: Sequence[object]

@@ -197,3 +197,19 @@ def test_queue_killed_while_trained_groups_await_their_checkpoint(engines, tiny_
     report = audit(tmp_path)
     assert report.ok, report.text()
     assert report.trained == 4 * 8
+
+
+def test_engine_killed_after_its_run_ended_serves_the_next_run(engines, tiny_model_path,
+                                                               tmp_path):
+    """Ray restarts an engine killed once a run is over; the run's queue is gone by then.
+    The engine must come up unassigned and serve the next run (it failed to start, for
+    good, before)."""
+    first = Driver(load_config(None, BASE + ["steps=2"]), tmp_path / "first", tiny_model_path,
+                   engines)
+    first.run()
+    kill(pid_of(first, engines, "rollout"))
+    second = Driver(load_config(None, BASE + ["steps=2"]), tmp_path / "second",
+                    tiny_model_path, engines)
+    assert second.run().steps == 2
+    report = audit(tmp_path / "second")
+    assert report.ok, report.text()
