@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from cluster.contract.config import RunConfig, to_yaml
 from cluster.contract.weights import WeightSyncError
@@ -167,14 +167,19 @@ class Driver:
         return timings
 
     def _await_sync(self, actors: list, futures: list, version: int) -> List[Dict[str, float]]:
-        """Each actor's sync timings. A sync that fails verification (a corrupted bucket, a
-        probe mismatch) is sent once more from a fresh publish; failing again stops the run
-        with the version and the reason."""
+        """Each actor's sync timings. A sync whose payload was lost (its buckets died with
+        the learner that published them) or that failed verification (a corrupted bucket,
+        a probe mismatch) is sent once more from a fresh publish — which raises
+        ``RayActorError`` into the recovery loop if that learner is dead; failing again
+        stops the run with the version and the reason."""
         results = []
         for i, (actor, future) in enumerate(zip(actors, futures)):
             try:
                 results.append(ray.get(future))
                 continue
+            except ObjectLostError as err:
+                self.log.write("sync_republish", policy_version=version, actor=i,
+                               error=type(_cause(err)).__name__)
             except WeightSyncError as err:
                 self.log.write("sync_retry", policy_version=version, actor=i,
                                error=str(_cause(err))[:500])
@@ -182,7 +187,7 @@ class Driver:
             self._published = (manifest, refs)
             try:
                 results.append(ray.get(actor.update_weights.remote(manifest, refs)))
-            except WeightSyncError as err:
+            except (WeightSyncError, ObjectLostError) as err:
                 raise RunFailed(f"the weights of policy version {version} failed "
                                 f"verification twice on rollout actor {i}: {_cause(err)}") from None
         return results

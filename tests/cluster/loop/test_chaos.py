@@ -213,3 +213,22 @@ def test_engine_killed_after_its_run_ended_serves_the_next_run(engines, tiny_mod
     assert second.run().steps == 2
     report = audit(tmp_path / "second")
     assert report.ok, report.text()
+
+
+def test_learner_and_engine_killed_together_between_steps(engines, tiny_model_path, tmp_path):
+    """Both die while idle after step 3. The restarted engine must be resent the weights,
+    but the published buckets died with the learner that owned them: the driver republishes,
+    finds the learner dead too, and recovers (a lost payload escaped as a crash before)."""
+    killed = []
+
+    def at_step_three(row):
+        if row["kind"] == "step" and row["step"] == 3 and not killed:
+            killed.extend(pid_of(driver, engines, kind) for kind in ("learner", "rollout"))
+            for pid in killed:
+                kill(pid)
+
+    driver = None
+    driver = Driver(load_config(None, BASE), tmp_path, tiny_model_path, engines,
+                    progress=at_step_three)
+    finish_clean(driver, tmp_path, restarts=1)
+    assert len(killed) == 2
