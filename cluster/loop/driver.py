@@ -188,8 +188,10 @@ class Driver:
             try:
                 results.append(ray.get(actor.update_weights.remote(manifest, refs)))
             except (WeightSyncError, ObjectLostError) as err:
-                raise RunFailed(f"the weights of policy version {version} failed "
-                                f"verification twice on rollout actor {i}: {_cause(err)}") from None
+                what = ("failed verification" if isinstance(err, WeightSyncError)
+                        else "could not be delivered")
+                raise RunFailed(f"the weights of policy version {version} {what} twice on "
+                                f"rollout actor {i}: {_cause(err)}") from None
         return results
 
     def _resync_restarted_actors(self, version: int) -> None:
