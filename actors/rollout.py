@@ -73,6 +73,10 @@ def engine_kwargs(config: RunConfig, model_path: str) -> Dict[str, object]:
         trust_remote_code=config.model.trust_remote_code,
         seed=config.seed,
         worker_extension_cls="actors.weight_receiver.WeightReceiver",
+        # Colocated on a GPU, the engine frees its memory while the learner rank beside it
+        # trains. vLLM refuses the flag on CPU, where sleep is a no-op anyway.
+        **({"enable_sleep_mode": True} if config.cluster.placement == "colocated"
+           and config.cluster.gpus_per_actor > 0 else {}),
     )
 
 
@@ -95,6 +99,7 @@ class RolloutWorker:
         self.weights = EngineWeights(self.llm, config.rollout.engine_in_process)
         self.rewards: Optional[RewardPool] = None
         self.policy_version = 0
+        self.asleep, self.sleeps = False, 0
         self.assign(config, sink, state_dir)
 
     def assign(self, config: RunConfig, sink: Optional[Sink], state_dir: str) -> None:
@@ -145,6 +150,7 @@ class RolloutWorker:
         token_ids = token_ids or [self._encode(p.text) for p in prompts]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         params = [self.sampling_params(s, n, mode) for s in seeds]
+        self.wake_up()  # a colocated engine the driver left asleep still answers correctly
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return token_ids, outputs
 
@@ -274,11 +280,52 @@ class RolloutWorker:
 
     def update_weights(self, manifest: WeightManifest, payload: Sequence[object]
                        ) -> Dict[str, float]:
-        """Load and verify a new policy version from its buckets; returns phase timings."""
-        timings = self.weights.update(manifest, [memoryview(b) for b in payload],
-                                      self.policy_version)
+        """Load and verify a new policy version from all its buckets at once (every digest
+        checked before the engine is touched); returns phase timings."""
+        self.wake_up()
+        timings = self.weights.update(manifest, [memoryview(b) for b in payload])
         self.policy_version = manifest.version
         return timings
+
+    # The streamed update, the calls a learner's sender makes (``learner.publish``).
+
+    def start_weight_update(self, manifest: WeightManifest) -> None:
+        """Begin loading ``manifest.version``; until it is verified the engine holds none."""
+        self.wake_up()
+        self.policy_version = -1
+        self.weights.begin(manifest)
+
+    def load_bucket(self, index: int, expected_digest: str, data) -> None:
+        """One object-store bucket (digest checked first)."""
+        self.weights.load_bucket(index, expected_digest, memoryview(data))
+
+    def init_weight_transfer(self, backend: str, init_info: Dict[str, object]) -> None:
+        """Join the learner's vLLM weight-transfer engine (``nccl``/``ipc``)."""
+        self.weights.init_transfer(backend, init_info)
+
+    def transfer_update(self, update_info: Dict[str, object]) -> None:
+        """One chunk through vLLM's transfer engine."""
+        self.weights.receive(update_info)
+
+    def finish_weight_update(self) -> Dict[str, float]:
+        """Check that every tensor arrived, verify by probe; returns phase timings."""
+        manifest = self.weights.pending()
+        timings = self.weights.finish()
+        self.policy_version = manifest.version
+        return timings
+
+    def sleep(self) -> None:
+        """Colocated: free the engine's GPU memory (weights offloaded, KV cache dropped)
+        while the learner rank beside it trains; the CPU backend logs it and does nothing."""
+        if not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep, self.sleeps = True, self.sleeps + 1
+
+    def wake_up(self) -> None:
+        """Colocated: take the GPU memory back before the weight sync and generation."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def set_reward(self, reward: str) -> None:
         """Swap the reward function (a fresh worker pool)."""
@@ -295,7 +342,8 @@ class RolloutWorker:
         return list(self.llm.collective_rpc("duet_pid"))
 
     def state(self) -> Dict[str, int]:
-        return {"cursor": self.cursor, "policy_version": self.policy_version, "pid": os.getpid()}
+        return {"cursor": self.cursor, "policy_version": self.policy_version, "pid": os.getpid(),
+                "sleeps": self.sleeps}
 
     def close(self) -> None:
         self.rewards.close()

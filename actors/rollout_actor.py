@@ -73,6 +73,18 @@ class RolloutActorBase(RolloutWorker):
         payload = [ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in buckets]
         return super().update_weights(manifest, payload)
 
+    def load_bucket(self, index: int, expected_digest: str, data: Sequence[object]) -> None:
+        # The bucket's ref travels inside a list so Ray leaves it unresolved until here,
+        # where ray.get gives a view of the shared store.
+        (ref,) = data
+        super().load_bucket(index, expected_digest, ray.get(ref))
+
+    def placement_group_id(self) -> str:
+        """The placement group this actor runs in (colocation checks)."""
+        import ray
+
+        return ray.get_runtime_context().get_placement_group_id()
+
     def node_id(self) -> str:
         """The Ray node this actor runs on (placement checks)."""
         return ray.get_runtime_context().get_node_id()

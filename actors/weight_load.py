@@ -1,9 +1,12 @@
-"""The rollout side of a weight sync: check digests, load into the engine, verify by probe.
+"""The rollout side of a weight sync: load chunks into the engine, then verify by probe.
 
-Every digest is checked before the engine is touched, so a corrupted payload leaves the
-previous weights in place and raises ``WeightSyncError``. After the load, the manifest's
-probe runs through the engine (``prompt_logprobs``) and must match the learner's log-probs
-within the tolerance: a wrong load is an error, never a silent divergence.
+Chunks stream: an object-store bucket's digest is checked before that bucket is loaded, and
+vLLM's nccl/ipc engines receive straight into the model. An update that fails part way leaves
+the engine without a verified version (its actor reports -1) until a whole update succeeds;
+``update`` (every bucket in hand) checks all digests first and leaves the old weights in
+place instead. After the load, the manifest's probe runs through the engine
+(``prompt_logprobs``) and must match the learner's log-probs within the tolerance: a wrong
+load is an error, never a silent divergence.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 from cluster.contract.weights import (
     PROBE_TOLERANCE,
@@ -33,19 +36,111 @@ def sync_dir() -> Path:
 
 
 class EngineWeights:
-    """Loads verified policy versions into one ``vllm.LLM`` (through ``WeightReceiver``)."""
+    """Loads verified policy versions into one ``vllm.LLM`` (through ``WeightReceiver``).
+
+    One update is ``begin`` (the manifest: version, tensor names, probe), then chunks —
+    ``load_bucket`` for object-store buckets, ``receive`` for vLLM's nccl/ipc engines —
+    then ``finish``, which checks that every named tensor arrived and runs the probe.
+    """
 
     def __init__(self, llm, engine_in_process: bool) -> None:
         self.llm = llm
         self.engine_in_process = engine_in_process
+        self._manifest: Optional[WeightManifest] = None
+        self._timings: Dict[str, float] = {}
+        self._loaded: Set[str] = set()
+        self._next_bucket = 0
+        self.backend: Optional[str] = None
 
-    def update(self, manifest: WeightManifest, payload: Sequence[memoryview], current: int
-               ) -> Dict[str, float]:
-        """Check, load and verify ``payload`` (one buffer per bucket); returns phase timings.
+    # ------------------------------------------------------------------ one update
 
-        ``current`` is the version the engine holds now (named in errors).
-        """
-        timings = {"transfer": 0.0, "load": 0.0, "verify": 0.0}
+    def begin(self, manifest: WeightManifest) -> None:
+        """Start loading ``manifest.version``; the engine holds no verified version until
+        ``finish`` returns."""
+        self._manifest, self._loaded, self._next_bucket = manifest, set(), 0
+        self._mode: Optional[str] = None  # what the first chunk started: buckets or transfer
+        self._timings = {"transfer": 0.0, "load": 0.0, "verify": 0.0}
+
+    def pending(self) -> WeightManifest:
+        """The manifest of the update in progress; ``WeightSyncError`` when there is none."""
+        if self._manifest is None:
+            raise WeightSyncError("no weight update in progress (the engine restarted, or an "
+                                  "earlier chunk failed): the update must start over")
+        return self._manifest
+
+    def load_bucket(self, index: int, expected: str, data) -> None:
+        """Check one object-store bucket's digest, then load it; buckets arrive in order."""
+        manifest = self.pending()
+        if index != self._next_bucket:
+            raise WeightSyncError(f"version {manifest.version}: bucket {index} arrived where "
+                                  f"bucket {self._next_bucket} was due")
+        start = time.perf_counter()
+        if digest(data) != expected:
+            self._manifest = None
+            raise WeightSyncError(f"version {manifest.version}: bucket {index} is corrupted "
+                                  "(digest mismatch); the update must start over")
+        self._timings["transfer"] += time.perf_counter() - start
+        start = time.perf_counter()
+        self._start_mode("buckets")
+        named = list(tensor_views(data))
+        if self.engine_in_process:
+            self.llm.collective_rpc("duet_load_tensors", args=(named,))
+        else:
+            self.load_from_file(manifest.version, index, data)
+        self._loaded.update(name for name, _ in named)
+        del named
+        self._next_bucket += 1
+        self._timings["load"] += time.perf_counter() - start
+
+    def init_transfer(self, backend: str, init_info: Dict[str, object]) -> None:
+        """Join a vLLM weight-transfer engine (``nccl`` or ``ipc``) opened by the learner."""
+        self.llm.collective_rpc("duet_transfer_init", args=(backend, init_info))
+        self.backend = backend
+
+    def receive(self, update_info: Dict[str, object]) -> None:
+        """One chunk through vLLM's transfer engine (it receives and loads)."""
+        self.pending()
+        if self.backend is None:
+            raise WeightSyncError("no weight transfer engine joined: init_transfer first")
+        start = time.perf_counter()
+        self._start_mode("transfer")
+        self.llm.collective_rpc("duet_transfer_update", args=(update_info,))
+        self._loaded.update(update_info.get("names", ()))
+        self._next_bucket += 1
+        self._timings["transfer"] += time.perf_counter() - start
+
+    def _start_mode(self, mode: str) -> None:
+        if self._mode is None:
+            self.llm.collective_rpc("duet_begin_reload" if mode == "buckets"
+                                    else "duet_transfer_start")
+            self._mode = mode
+        elif self._mode != mode:
+            raise WeightSyncError(f"an update mixing {self._mode} and {mode} chunks")
+
+    def finish(self) -> Dict[str, float]:
+        """Finish loading, check completeness, verify by probe; returns phase timings."""
+        manifest = self.pending()
+        self._manifest = None
+        start = time.perf_counter()
+        if self._mode is not None:
+            self.llm.collective_rpc("duet_transfer_finish" if self._mode == "transfer"
+                                    else "duet_finish_reload")
+        missing = set(manifest.names) - self._loaded
+        if missing:
+            raise WeightSyncError(f"version {manifest.version}: {len(missing)} tensor(s) never "
+                                  f"arrived (e.g. {sorted(missing)[0]}); the update must start "
+                                  "over")
+        # Cached prefixes hold keys/values computed by the old weights.
+        self.llm.reset_prefix_cache()
+        self._timings["load"] += time.perf_counter() - start
+        start = time.perf_counter()
+        self._timings["probe_max_abs_diff"] = self.verify(manifest)
+        self._timings["verify"] = time.perf_counter() - start
+        return dict(self._timings)
+
+    def update(self, manifest: WeightManifest, payload: Sequence[memoryview]) -> Dict[str, float]:
+        """A whole update from buckets already in hand: every digest is checked before the
+        engine is touched, so a corrupted payload leaves the previous weights in place."""
         if len(payload) != len(manifest.digests):
             raise WeightSyncError(f"version {manifest.version}: {len(payload)} buckets for "
                                   f"{len(manifest.digests)} digests")
@@ -56,37 +151,25 @@ class EngineWeights:
                 if got != expected:
                     raise WeightSyncError(
                         f"version {manifest.version}: bucket {i} is corrupted (digest "
-                        f"mismatch); weights left at version {current}")
-        timings["transfer"] = time.perf_counter() - start
-        start = time.perf_counter()
-        if self.engine_in_process:
-            named = [pair for data in payload for pair in tensor_views(data)]
-            self.llm.collective_rpc("duet_reload_tensors", args=(named,))
-            del named
-        else:
-            self.reload_from_files(manifest.version, payload)
-        # Cached prefixes hold keys/values computed by the old weights.
-        self.llm.reset_prefix_cache()
-        timings["load"] = time.perf_counter() - start
-        start = time.perf_counter()
-        timings["probe_max_abs_diff"] = self.verify(manifest)
-        timings["verify"] = time.perf_counter() - start
+                        "mismatch); the previous weights were left in place")
+        checked = time.perf_counter() - start
+        self.begin(manifest)
+        for i, data in enumerate(payload):
+            self.load_bucket(i, manifest.digests[i], data)
+        timings = self.finish()
+        timings["transfer"] = checked + timings["transfer"]
         return timings
 
-    def reload_from_files(self, version: int, payload: Sequence[memoryview]) -> None:
-        """The separate-engine-process path: buckets cross as node-local files."""
+    def load_from_file(self, version: int, index: int, data) -> None:
+        """The separate-engine-process path: a bucket crosses as a node-local file."""
         folder = sync_dir()
-        paths: List[str] = []
+        path = folder / f"v{version}-{index}.safetensors"
         try:
-            for i, data in enumerate(payload):
-                path = folder / f"v{version}-{i}.safetensors"
-                with open(path, "wb") as fh:
-                    fh.write(data)
-                paths.append(str(path))
-            self.llm.collective_rpc("duet_reload", args=(paths,))
+            with open(path, "wb") as fh:
+                fh.write(data)
+            self.llm.collective_rpc("duet_load_files", args=([str(path)],))
         finally:
-            for p in paths:
-                Path(p).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             try:
                 folder.rmdir()  # empty now; /dev/shm is memory, leave nothing behind
             except OSError:

@@ -3,23 +3,25 @@
 ``WeightReceiver`` is passed to ``vllm.LLM(worker_extension_cls=...)`` and runs inside the
 engine's worker process; it imports nothing of duet's learner (no DeepSpeed in the engine).
 
-CPU path (runs here): the rollout actor receives the learner's safetensors buckets through
-the Ray object store as read-only views of its shared memory and checks each bucket's
-digest. With the engine core in the actor's own process (duet's default), tensors are
-zero-copy views into those buckets (``tensor_views``) handed to ``duet_reload_tensors``;
-with vLLM's separate engine process, the buckets are written to node-local files
-(``/dev/shm`` when available) and ``duet_reload`` streams them. Either way the worker feeds
-``model_runner.reload_weights`` (layer-wise in-place reload in checkpoint format, which also
-redoes the CPU backend's weight repacking), which makes the only copy of the bytes.
+Every transport follows vLLM's own update lifecycle: begin (``initialize_layerwise_reload``),
+any number of chunks into ``model.load_weights`` (checkpoint format; a layer is processed —
+on CPU, repacked — once all its tensors arrived), finish (``finalize_layerwise_reload``).
+That is what lets weights arrive a bucket at a time, never the whole model at once.
 
-The GPU transports (vLLM's own weight-transfer engines) are not wired yet; see the README's
-status table.
+- object store (CPU and fallback): the rollout actor resolves each safetensors bucket from
+  Ray's shared memory and checks its digest; with the engine core in the actor's process
+  (duet's default) the tensors are zero-copy views (``duet_load_tensors``), with vLLM's
+  separate engine process the bucket is written to a node-local file (``duet_load_files``).
+- nccl / ipc (GPUs): vLLM's own engine-side classes (``WeightTransferEngineFactory``:
+  ``NCCLWeightTransferEngine``, ``IPCWeightTransferEngine``) receive what learner rank 0
+  sends through vLLM's trainer-side classes; duet hosts them here (``duet_transfer_*``)
+  because vLLM wires them only into its GPU worker, so the same code runs on every backend.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 
 class WeightReceiver:
@@ -29,8 +31,29 @@ class WeightReceiver:
         """The process the engine's worker runs in (in the actor's, or its own)."""
         return os.getpid()
 
-    def duet_reload(self, paths: Sequence[str]) -> int:
-        """Reload the model from safetensors bucket files in place; returns tensors loaded."""
+    # ------------------------------------------------------------------ lifecycle
+
+    def _duet_model(self):
+        return self.model_runner.get_model()
+
+    def duet_begin_reload(self) -> None:
+        """Start an in-place update: layers are reprocessed as their tensors complete."""
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        initialize_layerwise_reload(self._duet_model())
+        self._duet_spans: List[Tuple[int, int]] = []
+
+    def duet_load_tensors(self, named: Sequence[Tuple[str, object]]) -> int:
+        """Load (name, tensor) pairs; only when the engine shares the caller's process
+        (across processes, vLLM's rpc serialisation turns tensors into lists)."""
+        self._duet_model().load_weights(iter(named))
+        # Where the pairs lived: the caller frees that memory, so no parameter may keep it.
+        self._duet_spans.extend((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+                                for _, t in named if t.numel())
+        return len(named)
+
+    def duet_load_files(self, paths: Sequence[str]) -> int:
+        """Load safetensors bucket files (the separate-engine-process path)."""
         from safetensors import safe_open
 
         count = 0
@@ -43,22 +66,61 @@ class WeightReceiver:
                         count += 1
                         yield name, fh.get_tensor(name)
 
-        self.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+        self._duet_model().load_weights(tensors())
         return count
 
-    def duet_reload_tensors(self, named: Sequence[Tuple[str, object]]) -> int:
-        """Reload from (name, tensor) pairs; only when the engine shares the caller's process
-        (across processes, vLLM's rpc serialisation turns tensors into lists).
+    def duet_finish_reload(self) -> None:
+        """Process what is left and check that no parameter borrows a sync buffer."""
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        The pairs may be views of memory the caller frees afterwards, so the engine must
-        have copied them: a parameter left pointing into them is an error, not a crash later.
-        """
-        self.model_runner.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
-        spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
-                       for _, t in named if t.numel())
-        for pname, param in self.model_runner.model.named_parameters():
+        finalize_layerwise_reload(self._duet_model(), self.vllm_config.model_config)
+        spans, self._duet_spans = sorted(getattr(self, "_duet_spans", [])), []
+        for pname, param in self._duet_model().named_parameters():
             ptr = param.data_ptr()
             if any(lo <= ptr < hi for lo, hi in spans):
                 raise RuntimeError(f"engine parameter {pname} still aliases the sync payload "
                                    "after reload; refusing to use a borrowed buffer")
-        return len(named)
+        self._duet_reset_caches()
+
+    def _duet_reset_caches(self) -> None:
+        # What vLLM's own reload_weights invalidates besides the prefix cache.
+        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
+            getattr(self.model_runner, reset, lambda: None)()
+
+    # ------------------------------------------------------------------ vLLM's transports
+
+    def duet_transfer_init(self, backend: str, init_info: Dict[str, Any]) -> None:
+        """Create vLLM's engine-side transfer engine for ``backend`` and join the sender."""
+        from vllm.config.weight_transfer import WeightTransferConfig
+        from vllm.distributed.weight_transfer import WeightTransferEngineFactory
+
+        old = getattr(self, "_duet_transfer", None)
+        if old is not None:
+            old.shutdown()
+        engine = WeightTransferEngineFactory.create_engine(
+            WeightTransferConfig(backend=backend), self.vllm_config, self.device,
+            self._duet_model())
+        self._duet_transfer = None
+        engine.init_transfer_engine(engine.parse_init_info(init_info))
+        self._duet_transfer = engine
+
+    def _duet_engine(self):
+        engine = getattr(self, "_duet_transfer", None)
+        if engine is None:
+            raise RuntimeError("no weight transfer engine: duet_transfer_init first")
+        return engine
+
+    def duet_transfer_start(self) -> None:
+        self._duet_engine().start_weight_update()
+
+    def duet_transfer_update(self, update_info: Dict[str, Any]) -> None:
+        self._duet_engine().update_weights(update_info)
+
+    def duet_transfer_finish(self) -> None:
+        self._duet_engine().finish_weight_update()
+        self._duet_reset_caches()
+
+    def duet_transfer_shutdown(self) -> None:
+        engine, self._duet_transfer = getattr(self, "_duet_transfer", None), None
+        if engine is not None:
+            engine.shutdown()

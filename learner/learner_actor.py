@@ -25,14 +25,21 @@ class LearnerGroup:
     """W ``LearnerActor`` ranks in one placement group, called together."""
 
     def __init__(self, config: RunConfig, model_path: str, placement: PlacementGroup,
-                 num_cpus: float = 1.0, reference_path: Optional[str] = None) -> None:
-        """``placement``: a ready placement group with one bundle per rank; the group owns
-        it from here on (``kill`` releases it). ``reference_path``: the KL reference."""
+                 num_cpus: float = 1.0, reference_path: Optional[str] = None,
+                 owns_placement: bool = True) -> None:
+        """``placement``: a ready placement group with a bundle for each rank (rank r in
+        bundle r); unless ``owns_placement`` is False (colocated ranks live in the engines'
+        bundles) the group owns it from here on and ``kill`` releases it.
+        ``reference_path``: the KL reference."""
         world = config.learner.num_ranks
         self.placement = placement
+        self.owns_placement = owns_placement
+        colocated = config.cluster.placement == "colocated"
+        options = (config.cluster.shared_actor_options("learner") if colocated
+                   else config.cluster.actor_options("learner"))
         self.ranks = [
             LearnerActor.options(
-                num_cpus=num_cpus, **config.cluster.actor_options("learner"),
+                num_cpus=num_cpus, **options,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement, placement_group_bundle_index=r),
             ).remote(config, r, world)
@@ -49,17 +56,21 @@ class LearnerGroup:
         per_rank = self.call("train_step", ref)
         return combine_metrics(per_rank)
 
-    def publish(self, version: int, bucket_bytes: int = BUCKET_BYTES):
-        return self.call("publish", version, bucket_bytes)[0]
+    def send_weights(self, version: int, actors: list, bucket_bytes: int = BUCKET_BYTES,
+                     wait: bool = True):
+        """Send the weights to ``actors`` (``LearnerRank.send_weights``): rank 0's report,
+        or with ``wait=False`` the ranks' futures (``ray.get(futures)[0]`` is the report)."""
+        futures = [r.send_weights.remote(version, actors, bucket_bytes) for r in self.ranks]
+        return ray.get(futures)[0] if wait else futures
 
     def kill(self) -> None:
         """Stop every rank and release the placement group (again: a no-op)."""
         for r in self.ranks:
             ray.kill(r)
         self.ranks = []
-        if self.placement is not None:
+        if self.placement is not None and self.owns_placement:
             remove_placement_group(self.placement)
-            self.placement = None
+        self.placement = None
 
 
 def combine_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:

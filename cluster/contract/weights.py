@@ -22,11 +22,13 @@ wrong buffer, a bit flip), not against an attacker who can write the payload: XX
 between a tenth of a second and nothing.
 
 Buckets (``bucket_bytes`` each, in safetensors format) keep the payload a stream of bounded
-pieces, so neither side holds two full copies of a large model at once.
+pieces (``learner.publish`` puts a few in flight at a time), so neither side holds two full
+copies of a large model at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import warnings
@@ -210,19 +212,24 @@ def compare_probe(expected: Sequence[float], got: Sequence[float],
     return worst
 
 
+def start_manifest(version: int, names: Sequence[str], model: torch.nn.Module, vocab_size: int,
+                   dtype: str = "float32") -> WeightManifest:
+    """What an engine is told before a streamed update: the version, every tensor name it
+    must receive, and the probe computed on ``model`` (digests travel with each bucket)."""
+    if dtype not in PROBE_TOLERANCE:
+        raise ValueError(f"no probe tolerance for dtype {dtype!r}; known: {sorted(PROBE_TOLERANCE)}")
+    ids = probe_sequence(model, vocab_size)
+    return WeightManifest(version=version, digests=(), total_bytes=0,
+                          probe_token_ids=tuple(ids),
+                          probe_logprobs=tuple(probe_logprobs(model, ids)), dtype=dtype,
+                          names=tuple(names))
+
+
 def build_manifest(version: int, buckets: Sequence[Tuple[bytes, List[str]]],
                    model: torch.nn.Module, vocab_size: int, dtype: str = "float32"
                    ) -> WeightManifest:
     """Digests of ``buckets`` plus a probe computed on ``model`` (the weights just packed)."""
-    if dtype not in PROBE_TOLERANCE:
-        raise ValueError(f"no probe tolerance for dtype {dtype!r}; known: {sorted(PROBE_TOLERANCE)}")
-    ids = probe_sequence(model, vocab_size)
-    return WeightManifest(
-        version=version,
-        digests=tuple(digest(b) for b, _ in buckets),
-        total_bytes=sum(len(b) for b, _ in buckets),
-        probe_token_ids=tuple(ids),
-        probe_logprobs=tuple(probe_logprobs(model, ids)),
-        dtype=dtype,
-        names=tuple(n for _, names in buckets for n in names),
-    )
+    names = [n for _, bucket_names in buckets for n in bucket_names]
+    return dataclasses.replace(start_manifest(version, names, model, vocab_size, dtype),
+                               digests=tuple(digest(b) for b, _ in buckets),
+                               total_bytes=sum(len(b) for b, _ in buckets))

@@ -25,10 +25,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import ray
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import RayActorError
 
 from cluster.contract.config import RunConfig, to_yaml
-from cluster.contract.weights import WeightSyncError
 from cluster.loop.acks import AckBook
 from cluster.loop.checkpoint import (
     CheckpointWriteError,
@@ -38,7 +37,7 @@ from cluster.loop.checkpoint import (
     write_checkpoint,
 )
 from cluster.loop.metrics import LoopMetrics
-from cluster.loop.placement import reserve
+from cluster.loop.placement import learner_placement
 from cluster.loop.run_log import RunLog
 from cluster.metrics.catalogue import serve_once
 from cluster.queue.actor import ReplayQueueActor
@@ -50,11 +49,6 @@ MAX_EVAL_TRIES = 3
 
 class RunFailed(RuntimeError):
     """The run stopped and could not recover; the message says why."""
-
-
-def _cause(err: Exception) -> Exception:
-    """The exception an actor raised, without Ray's wrapping (and its remote traceback)."""
-    return getattr(err, "cause", None) or err
 
 
 @dataclass
@@ -92,7 +86,6 @@ class Driver:
         self.ledger = RunLog(self.run_dir, "ledger")
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.summary = RunSummary()
-        self._published: Optional[Tuple[object, list]] = None
         self.acks = AckBook()
         self._sync_futures: Optional[list] = None  # async mode: updates still in flight
         self._busy = {"rollout": 0.0, "learner": 0.0}
@@ -145,62 +138,58 @@ class Driver:
         return step, version
 
     def _learner_group(self, model_path: str) -> LearnerGroup:
-        placement = reserve(self.config, "learner", self.config.learner.num_ranks)
-        return LearnerGroup(self.config, model_path, placement, reference_path=self.reference)
+        placement, owned = learner_placement(self.config, self.actors)
+        return LearnerGroup(self.config, model_path, placement, reference_path=self.reference,
+                            owns_placement=owned)
 
     # ------------------------------------------------------------------ weights
 
     def _sync_weights(self, version: int, wait: bool = True) -> Dict[str, float]:
+        """Send ``version`` to every engine (``learner.publish``); in async mode (``wait``
+        False) the send goes on while the engines generate and ``_one_step`` awaits it."""
         start = time.perf_counter()
-        manifest, refs, gather_s = self.learner.publish(version)
-        self._published = (manifest, refs)
-        futures = [a.update_weights.remote(manifest, refs) for a in self.actors]
-        timings = {"sync_gather_s": gather_s, "sync_bytes": float(manifest.total_bytes)}
-        if wait:
-            per_actor = self._await_sync(self.actors, futures, version)
-            for phase in ("transfer", "load", "verify"):
-                timings[f"sync_{phase}_s"] = max(t[phase] for t in per_actor)
-            timings["probe_max_abs_diff"] = max(t["probe_max_abs_diff"] for t in per_actor)
-        else:
+        futures = self.learner.send_weights(version, list(self.actors), wait=False)
+        if not wait:
             self._sync_futures = futures
-        timings["sync_s"] = time.perf_counter() - start
-        return timings
+            return {}
+        row = self._await_sync(self.actors, futures, version)
+        row["sync_s"] = time.perf_counter() - start
+        return row
 
-    def _await_sync(self, actors: list, futures: list, version: int) -> List[Dict[str, float]]:
-        """Each actor's sync timings. A sync whose payload was lost (its buckets died with
-        the learner that published them) or that failed verification (a corrupted bucket,
-        a probe mismatch) is sent once more from a fresh publish — which raises
-        ``RayActorError`` into the recovery loop if that learner is dead; failing again
-        stops the run with the version and the reason."""
-        results = []
-        for i, (actor, future) in enumerate(zip(actors, futures)):
-            try:
-                results.append(ray.get(future))
-                continue
-            except ObjectLostError as err:
-                self.log.write("sync_republish", policy_version=version, actor=i,
-                               error=type(_cause(err)).__name__)
-            except WeightSyncError as err:
-                self.log.write("sync_retry", policy_version=version, actor=i,
-                               error=str(_cause(err))[:500])
-            manifest, refs, _ = self.learner.publish(version)
-            self._published = (manifest, refs)
-            try:
-                results.append(ray.get(actor.update_weights.remote(manifest, refs)))
-            except (WeightSyncError, ObjectLostError) as err:
-                what = ("failed verification" if isinstance(err, WeightSyncError)
+    def _await_sync(self, actors: list, futures: list, version: int) -> Dict[str, float]:
+        """The sync's figures once every engine holds ``version``. An engine whose update
+        failed (a corrupted bucket, a probe mismatch, a crash Ray restarted it from part
+        way) is sent the version once more, alone; failing again stops the run with the
+        version and the reason. A learner that dies while sending raises ``RayActorError``
+        into the recovery loop."""
+        report = ray.get(futures)[0]
+        per_actor = dict(report["timings"])
+        for i, (kind, reason) in sorted(report["errors"].items()):
+            self.log.write("sync_retry", policy_version=version, actor=i,
+                           error=f"{kind}: {reason}"[:500])
+            again = self.learner.send_weights(version, [actors[i]])
+            if again["errors"]:
+                kind, reason = again["errors"][0]
+                what = ("failed verification" if kind == "WeightSyncError"
                         else "could not be delivered")
                 raise RunFailed(f"the weights of policy version {version} {what} twice on "
-                                f"rollout actor {i}: {_cause(err)}") from None
-        return results
+                                f"rollout actor {i}: {reason}") from None
+            per_actor[i] = again["timings"][0]
+        timings = list(per_actor.values())
+        row = {"sync_send_s": report["seconds"],
+               "sync_bytes": float(report["manifest"].total_bytes),
+               "sync_staged_bytes": float(report["peak_staged_bytes"]),
+               "probe_max_abs_diff": max(t["probe_max_abs_diff"] for t in timings)}
+        for phase in ("transfer", "load", "verify"):
+            row[f"sync_{phase}_s"] = max(t[phase] for t in timings)
+        return row
 
     def _resync_restarted_actors(self, version: int) -> None:
         """A rollout actor Ray restarted comes back with its initial weights: resend them."""
         states = ray.get([a.state.remote() for a in self.actors])
         stale = [a for a, s in zip(self.actors, states) if s["policy_version"] != version]
-        if stale and self._published is not None:
-            manifest, refs = self._published
-            self._await_sync(stale, [a.update_weights.remote(manifest, refs) for a in stale],
+        if stale:
+            self._await_sync(stale, self.learner.send_weights(version, stale, wait=False),
                              version)
             self.log.write("rollout_resync", actors=len(stale), policy_version=version)
             self.metrics.restarted("rollout", len(stale))
@@ -364,7 +353,7 @@ class Driver:
         t = time.perf_counter()
         row.update(self._collect(pending, step + 1))
         if self._sync_futures:  # async: surface a failed sync before going on
-            self._await_sync(self.actors, self._sync_futures, version)
+            row.update(self._await_sync(self.actors, self._sync_futures, version))
             self._sync_futures = None
         row["wait_rollout_s"] = time.perf_counter() - t
         batch, offsets, info = self._take_step_batch(version, step + 1)
@@ -373,6 +362,8 @@ class Driver:
         if async_mode and step + 1 < self.config.steps:
             pending = self._launch(step + 1, tag)  # engines sample while the learner trains
         if batch is not None:
+            if self.config.cluster.placement == "colocated":  # the rank beside it trains
+                ray.get([a.sleep.remote() for a in self.actors])
             metrics = self.learner.train_step(batch)
             self.ledger.write("trained", step=step + 1, attempt=tag,
                               group_ids=batch.column("group_id").to_pylist())

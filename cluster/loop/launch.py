@@ -48,8 +48,12 @@ def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> Engin
     count = config.rollout.num_workers
     engines = Engines()
     engines.placement = reserve(config, "rollout", count, ROLLOUT_CPUS)
+    # Colocated, each bundle also holds a learner rank (the driver places it there).
+    options = (config.cluster.shared_actor_options("rollout")
+               if config.cluster.placement == "colocated"
+               else config.cluster.actor_options("rollout"))
     engines.extend(
-        RolloutActor.options(num_cpus=ROLLOUT_CPUS, **config.cluster.actor_options("rollout"),
+        RolloutActor.options(num_cpus=ROLLOUT_CPUS, **options,
                              scheduling_strategy=in_bundle(engines.placement, w))
         .remote(config, w, model_path, str(home))
         for w in range(count))

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 from cluster.metrics.catalogue import MetricSet, process_metrics
 
-SYNC_PHASES = ("gather", "transfer", "load", "verify")
+SYNC_PHASES = ("send", "transfer", "load", "verify")
 
 
 class LoopMetrics:
@@ -57,6 +57,8 @@ class LoopMetrics:
             if f"sync_{phase}_s" in row:
                 self._c("duet_sync_seconds", phase=phase).observe(get(f"sync_{phase}_s"))
         self._c("duet_sync_bytes").inc(get("sync_bytes"))
+        if "sync_staged_bytes" in row:
+            self._c("duet_sync_staged_bytes").set(get("sync_staged_bytes"))
         if "probe_max_abs_diff" in row:
             self._c("duet_sync_probe_diff").set(get("probe_max_abs_diff"))
         self._c("duet_staleness_max").set(get("staleness_max"))

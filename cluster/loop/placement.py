@@ -7,7 +7,7 @@ asked and what is free, instead of leaving half its actors pending forever.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Tuple
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -32,6 +32,19 @@ def reserve(config: RunConfig, role: Literal["rollout", "learner"], count: int,
             f"{ray.available_resources()} free: add nodes, or ask for fewer actors or GPUs "
             "(rollout.num_workers, learner.num_ranks, cluster.gpus_per_actor)") from None
     return group
+
+
+def learner_placement(config: RunConfig, engines) -> Tuple[PlacementGroup, bool]:
+    """Where the learner ranks go, and whether their group owns it: their own group when
+    split; colocated, the engines' bundles (rank r beside engine r), which stay theirs."""
+    if config.cluster.placement != "colocated":
+        return reserve(config, "learner", config.learner.num_ranks), True
+    group = getattr(engines, "placement", None)
+    if group is None:
+        raise RuntimeError("cluster.placement=colocated puts learner ranks in the engines' "
+                           "bundles, and these engines were not started in a placement group "
+                           "(start them with cluster.loop.launch.start_rollouts)")
+    return group, False
 
 
 def in_bundle(group: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:

@@ -96,8 +96,12 @@ CATALOGUE: Tuple[MetricSpec, ...] = (
     MetricSpec("duet_skipped_updates", "counter", "Updates skipped for a non-finite loss.",
                ("run",)),
     MetricSpec("duet_sync_seconds", "histogram",
-               "Weight-sync time by phase: gather, transfer, load, verify.", ("run", "phase")),
+               "Weight-sync time by phase: send (the learner's whole send, overlapping the "
+               "engines' phases), transfer, load, verify.", ("run", "phase")),
     MetricSpec("duet_sync_bytes", "counter", "Weight bytes published to the engines.", ("run",)),
+    MetricSpec("duet_sync_staged_bytes", "gauge",
+               "Most weight bytes staged in the object store at once during the last sync.",
+               ("run",)),
     MetricSpec("duet_sync_probe_diff", "gauge",
                "Largest |logprob| difference of the last sync's verification probe.", ("run",)),
     MetricSpec("duet_staleness_max", "gauge",

@@ -2,7 +2,9 @@
 
 For the configured placement it starts one rollout engine and one learner rank on a small
 random model of the configured architecture (``cluster.policy.small``) and checks, in order:
-Ray answers; each role's placement group fits; the engine starts; the learner rank starts;
+Ray answers; each role's placement group fits; the configured weight transport can work
+where the actors run (Ray's object store moves a bucket; for nccl/ipc a GPU worker sees CUDA
+and loads NCCL or exports a CUDA-IPC handle); the engine starts; the learner rank starts;
 the learner's weights reach the engine and pass verification; the engine generates groups
 into a replay queue; the learner trains one step on them; the new weights reach the engine
 and pass verification; the engine generates with them. The first failure ends the check
@@ -22,8 +24,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from cluster.contract.config import RunConfig, replace
 
-CHECKS = ("ray", "placement", "engine start", "learner start", "initial sync", "generate",
-          "train step", "weight sync", "generate after sync")
+CHECKS = ("ray", "placement", "transport", "engine start", "learner start", "initial sync",
+          "generate", "train step", "weight sync", "generate after sync")
 
 
 @dataclass
@@ -68,7 +70,8 @@ class Doctor:
 
     def run(self) -> Report:
         checks: List[Tuple[str, Callable[[], str]]] = [
-            ("ray", self.ray), ("placement", self.placement), ("engine start", self.engine),
+            ("ray", self.ray), ("placement", self.placement), ("transport", self.transport),
+            ("engine start", self.engine),
             ("learner start", self.start_learner), ("initial sync", lambda: self.sync(0)),
             ("generate", lambda: self.generate(0)), ("train step", self.train),
             ("weight sync", lambda: self.sync(1)),
@@ -116,10 +119,28 @@ class Doctor:
         from cluster.loop.placement import reserve
 
         bundles = {}
-        for role in ("rollout", "learner"):
+        roles = (("rollout",) if self.config.cluster.placement == "colocated"
+                 else ("rollout", "learner"))
+        for role in roles:
             remove_placement_group(reserve(self.config, role, 1))
             bundles[role] = self.config.cluster.bundle(role, 1)
-        return f"rollout {bundles['rollout']}, learner {bundles['learner']}"
+        return (f"{self.config.cluster.placement}: "
+                + ", ".join(f"{role} {bundle}" for role, bundle in bundles.items()))
+
+    def transport(self) -> str:
+        import ray
+
+        transfer = self.config.rollout.weight_transfer
+        if transfer == "object_store":
+            payload = bytes(BUCKET_PROBE_BYTES)
+            start = time.perf_counter()
+            ray.get(ray.put(payload))
+            seconds = time.perf_counter() - start
+            return (f"object_store: a {len(payload) / 2**20:.0f} MiB bucket through Ray's "
+                    f"shared memory at {len(payload) / seconds / 1e9:.3g} GB/s")
+        check = ray.remote(num_cpus=0, num_gpus=self.config.cluster.gpus_per_actor)(
+            gpu_transport_check)
+        return ray.get(check.remote(transfer))
 
     def engine(self) -> str:
         import ray
@@ -135,22 +156,26 @@ class Doctor:
                 f"{self.config.rollout.gpu_memory_utilization:g}")
 
     def start_learner(self) -> str:
-        from cluster.loop.placement import reserve
+        from cluster.loop.placement import learner_placement
         from learner.learner_actor import LearnerGroup
 
-        self.learner = LearnerGroup(self.config, self.config.model.path,
-                                    reserve(self.config, "learner", 1))
+        placement, owned = learner_placement(self.config, self.engines)
+        self.learner = LearnerGroup(self.config, self.config.model.path, placement,
+                                    owns_placement=owned)
         return f"DeepSpeed ZeRO-{self.config.learner.zero_stage} in {self.config.model.dtype}"
 
     def sync(self, version: int) -> str:
-        import ray
 
         start = time.perf_counter()
-        manifest, refs, _ = self.learner.publish(version)
-        timings = ray.get(self.engines[0].update_weights.remote(manifest, refs))
+        report = self.learner.send_weights(version, [self.engines[0]])
         seconds = time.perf_counter() - start
-        return (f"{manifest.total_bytes / seconds / 1e9:.3g} GB/s ({manifest.total_bytes / 1e6:.1f}"
-                f" MB, object store), probe within {timings['probe_max_abs_diff']:.2g}")
+        if report["errors"]:
+            kind, reason = report["errors"][0]
+            raise RuntimeError(f"{kind}: {reason}")
+        total = report["manifest"].total_bytes
+        return (f"{total / seconds / 1e9:.3g} GB/s ({total / 1e6:.1f} MB, "
+                f"{self.config.rollout.weight_transfer}), probe within "
+                f"{report['timings'][0]['probe_max_abs_diff']:.2g}")
 
     def generate(self, version: int) -> str:
         import ray
@@ -189,6 +214,30 @@ class Doctor:
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
+
+
+BUCKET_PROBE_BYTES = 64 * 2**20
+
+
+def gpu_transport_check(transfer: str) -> str:
+    """What ``nccl`` / ``ipc`` need on a GPU worker, checked there: CUDA, and NCCL's library
+    (vLLM's own loader) or a CUDA-IPC handle of a device tensor."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"rollout.weight_transfer={transfer} needs CUDA, and a worker "
+                           "placed with cluster.gpus_per_actor sees no GPU: check the GPU "
+                           "drivers, or use rollout.weight_transfer=object_store")
+    device = torch.cuda.get_device_name(0)
+    if transfer == "nccl":
+        from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
+
+        version = NCCLLibrary().ncclGetVersion()
+        return f"nccl: NCCL {version} loads on {device}"
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    reduce_tensor(torch.ones(16, device="cuda"))
+    return f"ipc: CUDA-IPC handles export on {device}"
 
 
 def root_cause(err: Exception) -> str:

@@ -1,7 +1,7 @@
 """The worker extension's pieces without an engine.
 
-``tensor_views`` and the two reload entry points are checked here against a recording
-model runner (the real engine path runs in test_rollout.py).
+``tensor_views``, the load entry points and a streamed update's checks run here against a
+recording model (the real engine path runs in test_rollout.py and test_transfer.py).
 """
 
 import numpy as np
@@ -45,37 +45,59 @@ def test_tensor_views_reject_a_truncated_buffer():
         list(tensor_views(data[:12]))
 
 
-class RecordingRunner:
-    """Stands in for vLLM's model runner: keeps (a copy of, or a reference to) each tensor."""
+class RecordingModel(torch.nn.Module):
+    """Stands in for vLLM's model: keeps (a copy of, or a reference to) each tensor loaded."""
 
     def __init__(self, copy: bool) -> None:
+        super().__init__()
         self.copy = copy
-        self.model = torch.nn.Module()
 
-    def reload_weights(self, weights_iterator, is_checkpoint_format):
-        assert is_checkpoint_format
-        for name, tensor in weights_iterator:
+    def load_weights(self, weights):
+        for name, tensor in weights:
             kept = tensor.clone() if self.copy else tensor
-            self.model.register_parameter(name.replace(".", "_"),
-                                          torch.nn.Parameter(kept, requires_grad=False))
+            self.register_parameter(name.replace(".", "_"),
+                                    torch.nn.Parameter(kept, requires_grad=False))
+
+
+class RecordingRunner:
+    def __init__(self, copy: bool) -> None:
+        self.model = RecordingModel(copy)
+
+    def get_model(self):
+        return self.model
+
+
+@pytest.fixture(autouse=True)
+def no_layerwise_bookkeeping(monkeypatch):
+    """vLLM's layer-wise reload hooks need a real vLLM model; the recording one has none."""
+    import vllm.model_executor.model_loader.reload as reload
+
+    monkeypatch.setattr(reload, "initialize_layerwise_reload", lambda model: None)
+    monkeypatch.setattr(reload, "finalize_layerwise_reload", lambda model, config: None)
 
 
 def receiver(copy=True):
     r = WeightReceiver()
     r.model_runner = RecordingRunner(copy)
+    r.vllm_config = type("Config", (), {"model_config": None})()
     return r
 
 
-def test_reload_tensors_copies_and_refuses_aliasing():
+def test_loaded_tensors_are_copied_and_aliasing_is_refused():
     named = list(tensor_views(np.frombuffer(save({"w": torch.ones(4)}), dtype=np.uint8)))
     r = receiver(copy=True)
-    assert r.duet_reload_tensors(named) == 1
+    r.duet_begin_reload()
+    assert r.duet_load_tensors(named) == 1
+    r.duet_finish_reload()
     assert torch.equal(r.model_runner.model.w, torch.ones(4))
+    lazy = receiver(copy=False)
+    lazy.duet_begin_reload()
+    lazy.duet_load_tensors(named)
     with pytest.raises(RuntimeError, match="aliases the sync payload"):
-        receiver(copy=False).duet_reload_tensors(named)
+        lazy.duet_finish_reload()
 
 
-def test_file_path_writes_buckets_reloads_and_cleans_up(tmp_path, monkeypatch):
+def test_file_path_writes_each_bucket_loads_and_cleans_up(tmp_path, monkeypatch):
     monkeypatch.setenv("DUET_SYNC_DIR", str(tmp_path))
     r = receiver()
 
@@ -86,7 +108,46 @@ def test_file_path_writes_buckets_reloads_and_cleans_up(tmp_path, monkeypatch):
     weights = EngineWeights(SeparateProcessLLM(), engine_in_process=False)
     tensors = sample_tensors()
     buckets = [save({k: tensors[k]}) for k in ("w", "ids")]
-    weights.reload_from_files(3, [memoryview(b) for b in buckets])
+    r.duet_begin_reload()
+    for i, data in enumerate(buckets):
+        weights.load_from_file(3, i, memoryview(data))
+    r.duet_finish_reload()
     assert torch.equal(r.model_runner.model.w, tensors["w"])
     assert torch.equal(r.model_runner.model.ids, tensors["ids"])
     assert not list(tmp_path.rglob("*.safetensors"))  # bucket files removed
+
+
+def test_a_streamed_update_checks_order_digests_and_completeness():
+    """Buckets out of order, a corrupted one, or a tensor that never came are errors that
+    name the version, and each leaves the engine needing a fresh update."""
+    from cluster.contract.weights import WeightManifest, WeightSyncError, digest
+
+    r = receiver()
+
+    class InProcessLLM:
+        def collective_rpc(self, method, args=()):
+            return [getattr(r, method)(*args)]
+
+        def reset_prefix_cache(self):
+            pass
+
+    weights = EngineWeights(InProcessLLM(), engine_in_process=True)
+    buckets = [save({"w": torch.ones(2)}), save({"b": torch.zeros(3)})]
+    manifest = WeightManifest(version=4, digests=(), total_bytes=0, names=("w", "b"))
+
+    weights.begin(manifest)
+    with pytest.raises(WeightSyncError, match="bucket 1 arrived where bucket 0 was due"):
+        weights.load_bucket(1, digest(buckets[1]), buckets[1])
+    weights.begin(manifest)
+    with pytest.raises(WeightSyncError, match="version 4: bucket 0 is corrupted"):
+        weights.load_bucket(0, digest(buckets[1]), buckets[0])
+    with pytest.raises(WeightSyncError, match="no weight update in progress"):
+        weights.load_bucket(1, digest(buckets[1]), buckets[1])
+    weights.begin(manifest)
+    weights.load_bucket(0, digest(buckets[0]), buckets[0])
+    with pytest.raises(WeightSyncError, match="1 tensor.* never arrived .*e.g. b"):
+        weights.finish()
+    weights.begin(manifest)
+    for i, data in enumerate(buckets):
+        weights.load_bucket(i, digest(data), data)
+    assert weights.finish()["probe_max_abs_diff"] == 0.0  # no probe in this manifest

@@ -1,6 +1,7 @@
 """Config loading: defaults, YAML round trip, overrides, and every class of error."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -142,3 +143,40 @@ def test_every_field_has_help():
 def test_rollouts_per_step():
     assert load_config(None, ["algo.group_size=16", "algo.prompts_per_step=32"]
                        ).algo.rollouts_per_step == 512
+
+
+@pytest.mark.parametrize("overrides, want", [
+    ([], "object_store"),  # CPU
+    (["cluster.gpus_per_actor=1"], "nccl"),  # engines on their own GPUs
+    (["cluster.gpus_per_actor=1", "cluster.placement=colocated"], "ipc"),
+    (["cluster.gpus_per_actor=1", "cluster.placement=colocated", "rollout.num_workers=2"],
+     "object_store"),  # a GPU without a rank on it cannot take an IPC handle
+    (["cluster.placement=colocated"], "object_store"),
+])
+def test_auto_weight_transfer_follows_device_and_placement(overrides, want):
+    assert load_config(None, overrides).rollout.weight_transfer == want
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    (["rollout.weight_transfer=nccl"], "has none (cluster.gpus_per_actor=0)"),
+    (["rollout.weight_transfer=ipc", "cluster.gpus_per_actor=1"],
+     "set cluster.placement=colocated"),
+    (["rollout.weight_transfer=nccl", "cluster.gpus_per_actor=1", "cluster.placement=colocated"],
+     "NCCL cannot join two processes on one GPU"),
+    (["rollout.weight_transfer=ipc", "cluster.gpus_per_actor=1", "cluster.placement=colocated",
+      "rollout.num_workers=2"], "must equal rollout.num_workers"),
+    (["cluster.placement=colocated", "cluster.mode=async"], "needs cluster.mode=sync"),
+    (["cluster.placement=colocated", "learner.num_ranks=2"], "must not exceed"),
+])
+def test_placement_and_transport_that_cannot_work_are_refused(overrides, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(None, overrides)
+
+
+def test_colocated_bundles_hold_an_engine_and_a_rank_on_one_set_of_gpus():
+    config = load_config(None, ["cluster.gpus_per_actor=1", "cluster.placement=colocated",
+                                "rollout.num_workers=4", "learner.num_ranks=4"])
+    assert config.cluster.bundle("rollout", 1) == {"CPU": 2.0, "GPU": 1.0}
+    assert config.cluster.shared_actor_options("learner")["num_gpus"] == 0.5
+    assert config.gpus == 4  # not 8: each rank shares an engine's GPU
+    assert config.rollout.gpu_memory_utilization == 0.425  # half of a split engine's

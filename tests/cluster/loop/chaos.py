@@ -94,7 +94,7 @@ def chaos_round(seed: int, engines, model_path: str, run_dir: Path) -> Dict[str,
             "audit": report,
             "recoveries": {kind: sum(r.get("kind") == kind for r in rows)
                            for kind in ("learner_restart", "rollout_resync", "sync_retry",
-                                        "sync_republish", "eval_retry")}}
+                                        "eval_retry")}}
 
 
 def line(result: Dict[str, object]) -> str:

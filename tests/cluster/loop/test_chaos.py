@@ -87,17 +87,17 @@ def test_learner_killed_before_the_final_checkpoint(engines, tiny_model_path, tm
 
 def test_learner_and_an_engine_killed_during_weight_syncs(engines, tiny_model_path, tmp_path,
                                                           monkeypatch):
-    """The learner dies as it publishes the initial weights (before the first step, outside
+    """The learner dies as it sends the initial weights (before the first step, outside
     the old recovery loop); the engine dies while version 2 is loading into it (Ray restarts
-    it and retries the load)."""
-    real_publish, real_await = LearnerGroup.publish, Driver._await_sync
+    it, the rest of that update fails on the fresh engine, and the driver resends)."""
+    real_send, real_await = LearnerGroup.send_weights, Driver._await_sync
     killed = {}
 
-    def publish(self, version, *args):
+    def send_weights(self, version, *args, **kwargs):
         if version == 0 and "learner" not in killed:
             killed["learner"] = ray.get(self.ranks[0].pid.remote())
             kill(killed["learner"])
-        return real_publish(self, version, *args)
+        return real_send(self, version, *args, **kwargs)
 
     def await_sync(self, actors, futures, version):
         if version == 2 and "rollout" not in killed:  # the update is in flight
@@ -111,7 +111,7 @@ def test_learner_and_an_engine_killed_during_weight_syncs(engines, tiny_model_pa
         if row["kind"] == "step" and row["step"] == 1:
             engine_pid.append(pid_of(driver, engines, "rollout"))
 
-    monkeypatch.setattr(LearnerGroup, "publish", publish)
+    monkeypatch.setattr(LearnerGroup, "send_weights", send_weights)
     monkeypatch.setattr(Driver, "_await_sync", await_sync)
     driver = None
     driver = Driver(load_config(None, BASE), tmp_path, tiny_model_path, engines,
@@ -217,8 +217,8 @@ def test_engine_killed_after_its_run_ended_serves_the_next_run(engines, tiny_mod
 
 def test_learner_and_engine_killed_together_between_steps(engines, tiny_model_path, tmp_path):
     """Both die while idle after step 3. The restarted engine must be resent the weights,
-    but the published buckets died with the learner that owned them: the driver republishes,
-    finds the learner dead too, and recovers (a lost payload escaped as a crash before)."""
+    but the learner that would send them is dead too: the resend raises into the recovery
+    loop, which restarts the learner from its checkpoint and syncs every engine."""
     killed = []
 
     def at_step_three(row):

@@ -166,21 +166,14 @@ def test_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(
 
 def test_a_sync_that_fails_verification_twice_stops_the_run_naming_version_and_cause(
         engines, tiny_model_path, tmp_path, monkeypatch):
-    """Every publish after the first is corrupted in the object store (one byte flipped):
-    the engines refuse it, the driver republishes once, then stops with the reason."""
-    from learner.learner_actor import LearnerGroup
+    """Every bucket sent after the initial weights arrives corrupted (one byte flipped
+    after its digest was taken): the engines refuse it, the driver resends once, then stops
+    with the reason."""
+    from learner import learner_actor
+    from tests.cluster.loop.faults import CorruptingRank
 
-    real = LearnerGroup.publish
-
-    def corrupted(self, version, *args):
-        manifest, refs, seconds = real(self, version, *args)
-        if version >= 1:
-            bad = bytearray(ray.get(refs[0]))
-            bad[len(bad) // 2] ^= 0xFF
-            refs = [ray.put(bytes(bad))] + refs[1:]
-        return manifest, refs, seconds
-
-    monkeypatch.setattr(LearnerGroup, "publish", corrupted)
+    monkeypatch.setattr(learner_actor, "LearnerActor",
+                        ray.remote(num_cpus=1, max_restarts=0)(CorruptingRank))
     driver = Driver(load_config(None, BASE + ["steps=3"]), tmp_path, tiny_model_path, engines)
     with pytest.raises(RunFailed) as err:
         driver.run()
@@ -216,3 +209,26 @@ def test_kl_anchor_stays_the_initial_policy_across_interrupt_and_resume(
     a, b = final_weights(full), final_weights(stopped)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
     assert (stopped / "reference" / "config.json").exists()
+
+
+def test_a_streamed_sync_holds_a_few_buckets_at_a_time(engines, tiny_model_path):
+    """The object-store sync of a model many buckets large: the learner packs, puts and
+    has the engine load one bucket while the next is packed, so at no moment are more than
+    ``IN_FLIGHT`` buckets staged (the model is ~15 of them) — and the engine is verified."""
+    from cluster.loop.placement import reserve
+    from learner.learner_actor import LearnerGroup
+    from learner.publish import IN_FLIGHT
+
+    config = load_config(None, BASE)
+    group = LearnerGroup(config, tiny_model_path, reserve(config, "learner", 1))
+    bucket = 256 * 1024
+    try:
+        report = group.send_weights(7, list(engines), bucket_bytes=bucket)
+    finally:
+        group.kill()
+    assert not report["errors"] and report["timings"][0]["probe_max_abs_diff"] < 2e-3
+    assert ray.get(engines[0].state.remote())["policy_version"] == 7
+    header = 4096  # a bucket's safetensors header, on top of its tensors
+    assert report["manifest"].total_bytes > 12 * (bucket + header)
+    assert len(report["manifest"].digests) > 12
+    assert bucket <= report["peak_staged_bytes"] <= IN_FLIGHT * (bucket + header)

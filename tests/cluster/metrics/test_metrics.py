@@ -56,9 +56,9 @@ def test_step_rows_become_labelled_series():
            "generate_s": 0.05, "reward_s": 0.01, "queue_put_s": 0.01, "step_s": 0.3,
            "learner_seconds": 0.1, "tokens": 230.0, "loss": -0.01, "kl": 0.0,
            "clip_frac": 0.05, "ratio_mean": 1.0, "ratio_max": 1.2, "is_weight_mean": 1.0,
-           "is_weight_max": 1.1, "skipped_updates": 0.0, "sync_gather_s": 0.01,
+           "is_weight_max": 1.1, "skipped_updates": 0.0, "sync_send_s": 0.01,
            "sync_transfer_s": 0.002, "sync_load_s": 0.02, "sync_verify_s": 0.005,
-           "sync_bytes": 4e6, "probe_max_abs_diff": 1e-5, "staleness_max": 0.0}
+           "sync_bytes": 4e6, "sync_staged_bytes": 1.3e8, "probe_max_abs_diff": 1e-5, "staleness_max": 0.0}
     loop.step(row)
     loop.step(row)
     loop.eval({"accuracy": 0.42, "mean_at_k": 0.38})

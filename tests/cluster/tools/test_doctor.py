@@ -27,6 +27,23 @@ def test_every_check_passes_on_cpu_with_its_figures():
     assert all(rows[name] == "pass" for name in CHECKS), rows
     assert "generated tokens/s" in out.stdout and "trained tokens/s" in out.stdout
     assert "GB/s" in out.stdout and "every check passed" in out.stdout
+    assert "object_store: a 64 MiB bucket through Ray's shared memory" in out.stdout
+
+
+def test_colocated_placement_is_checked_in_one_bundle():
+    out = doctor("cluster.placement=colocated")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = table_rows(out.stdout)
+    assert all(rows[name] == "pass" for name in CHECKS), rows
+
+
+def test_a_gpu_transport_without_cuda_is_named_with_the_fix():
+    from cluster.tools.doctor import gpu_transport_check
+
+    for transfer in ("nccl", "ipc"):
+        with pytest.raises(RuntimeError, match=f"weight_transfer={transfer} needs CUDA.*"
+                                               "use rollout.weight_transfer=object_store"):
+            gpu_transport_check(transfer)
 
 
 def test_a_broken_check_fails_with_its_reason_and_skips_the_rest():
