@@ -12,10 +12,10 @@ verified weight sync) on shared engines, one after the other, per seed:
   (the steps' wall time, evaluations excluded) and the steps until held-out greedy accuracy
   first reaches ``--target`` (evaluated every 2 steps, greedy only: the target is greedy);
   ``time_to_target_2_vs_16`` is 2-GRPO's time as a fraction of 16-GRPO's, per seed;
-- the paper's own comparison on the tiny task: both arms train for the same number of
-  epochs over one fixed set of prompts (1,024 here, written as a JSONL dataset with the
-  task's held-out prompts first), so 2-GRPO takes 1/8 of 16-GRPO's steps; the training time
-  and the final held-out accuracy (greedy and mean@8) of each, as 2/16 ratios per seed;
+- the paper's own comparison on the tiny task, planned as ``duet compare`` plans it: both
+  arms train for the same number of epochs over one fixed set of prompts (1,024 here), so
+  2-GRPO takes 1/8 of 16-GRPO's steps; the training time and the final held-out accuracy
+  (greedy and mean@8) of each, as 2/16 ratios per seed;
 - a ~100M-parameter model of the same architecture (random weights: no accuracy target),
   for the same split where the learner and the sync weigh more.
 """
@@ -136,44 +136,31 @@ def bench_tiny(out: Path, seeds: List[int], steps: int, target: float) -> Dict[s
     return {"rows": rows}
 
 
-def write_fixed_set(path: Path, train_prompts: int, seed: int = 0) -> Path:
-    """The embedded task as a finite dataset: held-out prompts first, then training ones."""
-    import json
-
-    from actors.tasks.arithmetic import ArithmeticTask
-
-    task = ArithmeticTask(seed=seed)
-    rows = task.eval_set() + [task.train(i) for i in range(train_prompts)]
-    path.write_text("".join(json.dumps({"prompt": p.text, "answer": p.answer}) + "\n"
-                            for p in rows))
-    return path
-
-
 def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
                        epochs: int = 1) -> Dict[str, object]:
-    """Both arms over the same epochs of a fixed prompt set: the paper's comparison."""
+    """Both arms over the same epochs of one fixed prompt set: the paper's comparison, as
+    ``duet compare`` plans it (``compare.budget=epochs``), evaluated once at the end."""
     import dataclasses
 
+    from cluster.loop.compare import plan_runs
     from cluster.loop.launch import start_rollouts, stop_rollouts
     from cluster.policy.models import resolve_model
 
-    data = write_fixed_set(out / "fixed-set.jsonl", train_prompts)
-    # The warm-started model of the embedded task (built once, cached), read as a dataset
-    # task's model folder: same prompts, same alphabet.
-    model = str(resolve_model(load_config(TINY_PRESET, [f"output_dir={out}"]), lambda m: None))
-    common = [f"output_dir={out}", f"model.path={model}", "task.name=jsonl", f"task.path={data}",
-              "task.eval_size=200",
-              # A short run: 4 warm-up steps for both (the paper: 10 of 2-GRPO's 293).
-              "learner.warmup_steps=4"]
-    base = load_config(TINY_PRESET, common)
-    actors = start_rollouts(arms(base)["16"], model, out / "engines-epochs")
+    base = load_config(TINY_PRESET, [
+        f"output_dir={out}", f"seed={seeds[0]}", f"compare.seeds={len(seeds)}",
+        f"compare.train_prompts={train_prompts}", f"compare.epochs={epochs}",
+        # A short run: 4 warm-up steps for both (the paper: 10 of 2-GRPO's 293).
+        "learner.warmup_steps=4"])
+    plan = plan_runs(base, ["2", "16"], out / "epochs", "same", "epochs")
+    model = str(resolve_model(base, lambda m: None))
+    actors = start_rollouts(plan["16"][seeds[0]], model, out / "engines-epochs")
     per_arm: Dict[str, List[Dict[str, float]]] = {"2": [], "16": []}
     try:
-        for seed in seeds:
-            configs = arms(load_config(TINY_PRESET, common + [f"seed={seed}"]))
-            for g, c in configs.items():
-                steps = epochs * train_prompts // c.algo.prompts_per_step
-                c = dataclasses.replace(c, steps=steps, eval_every=steps)
+        for seed in plan["2"]:
+            for g in ("2", "16"):
+                c = plan[g][seed]
+                steps = c.steps
+                c = dataclasses.replace(c, eval_every=steps)
                 r = run_arm(c, out / f"epochs-s{seed}-g{g}", model, actors)
                 final = r["evals"][-1]
                 per_arm[g].append({"steps": steps, "train_s": r["step_s"] * steps,

@@ -64,21 +64,22 @@ def cmd_compare(args) -> int:
     arms = parse_arms(args.arms or base.compare.arms)
     lr_rule = args.lr_rule or base.compare.lr_rule
     budget = args.budget or base.compare.budget
+    seeds = args.seeds or base.compare.seeds
     # The saved config says what ran, flags included.
     base = replace(base, [f"compare.arms={','.join(arms)}", f"compare.lr_rule={lr_rule}",
-                          f"compare.budget={budget}"])
+                          f"compare.budget={budget}", f"compare.seeds={seeds}"])
     print(to_yaml(base))
     run_dir = fresh_run_dir(base)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(base))
     bars: Dict[str, Progress] = {}
 
-    def progress(arm: str, row: Dict[str, object]) -> None:
-        if arm not in bars:
+    def progress(label: str, config, row: Dict[str, object]) -> None:
+        if label not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[arm] = Progress(base.steps, label=f"[{arm}-GRPO] ")
-        bars[arm](row)
+            bars[label] = Progress(config.steps, label=f"[{label}] ")
+        bars[label](row)
 
     try:
         run_compare(base, arms, run_dir, lr_rule, budget, progress=progress)
@@ -159,9 +160,10 @@ def cmd_audit(args) -> int:
     from cluster.tools.audit import audit, audit_json
 
     root = Path(args.run_dir)
-    runs = sorted(root.glob("arm-*")) if not (root / "ledger.jsonl").exists() else [root]
+    runs = ([root] if (root / "ledger.jsonl").exists() else
+            sorted(p.parent for p in root.glob("arm-*/**/ledger.jsonl")))
     if not runs:
-        raise ConfigError("run_dir", f"{root} holds no ledger.jsonl (nor arm-*/ledger.jsonl): "
+        raise ConfigError("run_dir", f"{root} holds no ledger.jsonl (nor arm-*/seed-*/ledger.jsonl): "
                           "pass runs/<name> of a duet train or compare run", value=str(root))
     ok = True
     for run in runs:
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="validate the config and print the resource plan; start nothing")
     train.set_defaults(func=cmd_train)
 
-    compare = sub.add_parser("compare", help="2-vs-16 (or other) arms at equal rollouts/step",
+    compare = sub.add_parser("compare", help="2-vs-16 (or other) arms at equal rollouts/step, "
+                             "equal epochs, several seeds",
                              epilog=options_help(RunConfig()),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     common(compare)
@@ -210,9 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lr-rule", default=None, choices=["linear", "sqrt", "same"],
                          help="learning rate per arm: linear in prompts per step (the paper), "
                               "sqrt, or the same for all (default: compare.lr_rule)")
-    compare.add_argument("--budget", default=None, choices=["steps", "rollouts"],
-                         help="equal steps per arm (the paper) or an equal total rollout "
-                              "budget (default: compare.budget)")
+    compare.add_argument("--seeds", type=int, default=None,
+                         help="runs per arm, seeds seed, seed+1, ... (default: compare.seeds)")
+    compare.add_argument("--budget", default=None, choices=["epochs", "steps", "rollouts"],
+                         help="equal epochs of one fixed prompt set (the paper's comparison), "
+                              "equal steps, or an equal total rollout budget "
+                              "(default: compare.budget)")
     compare.set_defaults(func=cmd_compare)
 
     evaluate = sub.add_parser("eval", help="held-out accuracy of a model")

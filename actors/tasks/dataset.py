@@ -3,8 +3,9 @@
 Every row is checked when the file is opened: missing or non-string fields, empty or
 over-long prompts, invalid UTF-8 and malformed JSON. A bad row stops the run with an error
 naming the file and line (JSONL) or row (Parquet), unless ``skip_bad_rows`` is set, in which
-case it is skipped and counted by reason (``stats()``). After a seeded shuffle the first
-``eval_size`` rows are held out; the rest form the training stream, reshuffled per epoch.
+case it is skipped and counted by reason (``stats()``). After a seeded shuffle (``split_seed``,
+else the run's seed) the first ``eval_size`` rows are held out; the rest form the training
+stream, reshuffled per epoch with the run's seed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class DatasetTask:
         rows = list(self._rows())
         if not rows:
             raise DatasetError(f"{self.path}: no usable rows")
-        random.Random(seed).shuffle(rows)
+        split = config.split_seed if getattr(config, "split_seed", None) is not None else seed
+        random.Random(split).shuffle(rows)
         self._eval = rows[: config.eval_size]
         self._train = rows[config.eval_size:] or rows
         self._seed = seed
@@ -103,6 +105,11 @@ class DatasetTask:
         if not isinstance(row[answer_key], (str, int, float)):
             return "bad_type", f"field '{answer_key}' must be a string or number"
         return None
+
+    @property
+    def train_size(self) -> int:
+        """Training rows (one epoch of the training stream)."""
+        return len(self._train)
 
     def train(self, position: int) -> Prompt:
         epoch, index = divmod(position, len(self._train))

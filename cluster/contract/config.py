@@ -77,6 +77,9 @@ class TaskConfig:
     """Skip (and count) malformed dataset rows instead of stopping with an error."""
     max_prompt_chars: int = 16384
     """Dataset prompts longer than this are bad rows (error, or skipped with skip_bad_rows)."""
+    split_seed: Optional[int] = None
+    """Dataset tasks: seed of the shuffle that picks the held-out rows (null: the run's seed).
+    ``duet compare`` fixes it, so every seed holds out the same prompts."""
 
     def __post_init__(self) -> None:
         _require(self.name in ("arithmetic", "jsonl", "parquet"), "name", self.name,
@@ -375,14 +378,31 @@ class CompareConfig:
     lr_rule: Literal["linear", "sqrt", "same"] = "linear"
     """Learning rate per arm, anchored at the base config's (prompts_per_step, lr): 'linear'
     in prompts per step (the paper: 32 x 16 at 1e-6, 256 x 2 at 8e-6), 'sqrt', or 'same'."""
-    budget: Literal["steps", "rollouts"] = "steps"
-    """'steps': every arm runs `steps` steps (the paper); 'rollouts': the same total rollouts."""
+    budget: Literal["epochs", "steps", "rollouts"] = "epochs"
+    """'epochs' (the paper's comparison): every arm makes `compare.epochs` passes over one
+    fixed prompt set at equal rollouts per step, so a G=2 arm takes 1/8 of a G=16 arm's
+    steps and rollouts; 'steps': every arm runs `steps` steps; 'rollouts': `steps` x the
+    base's rollouts per step in total."""
+    epochs: int = 1
+    """Passes over the fixed prompt set (budget 'epochs')."""
+    train_prompts: int = 1024
+    """Size of the fixed prompt set when the task is synthetic (budget 'epochs'): that many
+    training prompts are written as a dataset beside the runs, with the held-out ones; a
+    dataset task is its own fixed set."""
+    seeds: int = 1
+    """Runs per arm, with seeds seed, seed+1, ...; the report gives each ratio's median and
+    min-max over them."""
+    evaluations: int = 8
+    """Held-out evaluations per run after the first (budget 'epochs'), evenly spaced, so
+    every arm is evaluated at the same fractions of its epochs."""
 
     def __post_init__(self) -> None:
         for key in ("lr_rule", "budget"):
             choices = typing.get_args(typing.get_type_hints(CompareConfig)[key])
             _require(getattr(self, key) in choices, key, getattr(self, key),
                      f"must be one of {choices}")
+        for key in ("epochs", "train_prompts", "seeds", "evaluations"):
+            _require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -86,12 +86,12 @@ def queue_group_ids(run_dir: Path) -> Set[str]:
 
 
 def audit(run_dir: Path) -> AuditReport:
-    """Audit one run directory (for a comparison, audit each ``arm-*`` folder)."""
+    """Audit one run directory (for a comparison, audit each ``arm-*/seed-*`` folder)."""
     run_dir = Path(run_dir)
     ledger = run_dir / "ledger.jsonl"
     if not ledger.exists():
         raise FileNotFoundError(f"{ledger} not found: is {run_dir} a duet run directory "
-                                "(for `duet compare`, audit runs/<name>/arm-<G>)?")
+                                "(for `duet compare`, audit runs/<name>/arm-<G>/seed-<s>)?")
     report = AuditReport(str(run_dir))
     produced = queue_group_ids(run_dir)
     trained: Dict[str, int] = {}  # group id -> step, rollbacks applied
