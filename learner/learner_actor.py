@@ -15,6 +15,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.contract.config import RunConfig
+from cluster.contract.threads import sharing_of
 from cluster.contract.weights import BUCKET_BYTES
 from learner.rank import LearnerRank
 
@@ -46,7 +47,9 @@ class LearnerGroup:
             for r in range(world)
         ]
         master = ray.get(self.ranks[0].rendezvous.remote())
-        self.call("start", model_path, master, reference_path)
+        sharing = sharing_of(placement, world)
+        ray.get([r.start.remote(model_path, master, reference_path, sharing[i])
+                 for i, r in enumerate(self.ranks)])
 
     def call(self, method: str, *args, **kwargs) -> list:
         return ray.get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks])

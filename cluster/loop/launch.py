@@ -12,6 +12,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from actors.rollout_actor import RolloutActor
 from cluster.contract.config import RunConfig
+from cluster.contract.threads import sharing_of
 from cluster.loop.placement import in_bundle, reserve
 
 ROLLOUT_CPUS = 1.0  # what RolloutActor asks for by default
@@ -52,10 +53,11 @@ def start_rollouts(config: RunConfig, model_path: str, state_dir: Path) -> Engin
     options = (config.cluster.shared_actor_options("rollout")
                if config.cluster.placement == "colocated"
                else config.cluster.actor_options("rollout"))
+    sharing = sharing_of(engines.placement, count)
     engines.extend(
         RolloutActor.options(num_cpus=ROLLOUT_CPUS, **options,
                              scheduling_strategy=in_bundle(engines.placement, w))
-        .remote(config, w, model_path, str(home))
+        .remote(config, w, model_path, str(home), sharing=sharing[w])
         for w in range(count))
     ray.get([a.state.remote() for a in engines])
     return engines

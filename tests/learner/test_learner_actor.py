@@ -98,3 +98,37 @@ def test_non_finite_loss_is_skipped_then_aborts(ray_cluster, tiny_model_path):
             group.train_step(poisoned)
     finally:
         group.kill()
+
+
+@pytest.mark.parametrize("overrides, expect", [
+    ([], "cores"),  # sync: the node's cores, split over the ranks on it
+    (["learner.num_ranks=2"], "half"),
+    (["cluster.mode=async"], 1),  # async: the one CPU Ray gives the rank
+    (["learner.threads=3"], 3),
+])
+def test_a_rank_computes_with_the_threads_its_placement_allows(ray_cluster, tiny_model_path,
+                                                               overrides, expect):
+    """Ray starts a rank with OMP_NUM_THREADS = its num_cpus (1): the rank resets it."""
+    from cluster.contract.config import node_cores
+
+    config = load_config(None, overrides)
+    group = LearnerGroup(config, tiny_model_path, learners(config))
+    try:
+        got = group.call("threads")
+    finally:
+        group.kill()
+    cores = node_cores()
+    want = {"cores": cores, "half": max(1, cores // 2)}.get(expect, expect)
+    assert got == [want] * config.learner.num_ranks
+
+
+def test_thread_rule_by_mode_sharing_and_device():
+    from cluster.contract.config import node_cores
+
+    sync = load_config(None, [])
+    assert sync.cpu_threads("learner", sharing=1, granted=1) == node_cores()
+    assert sync.cpu_threads("rollout", sharing=node_cores() * 2, granted=1) == 1  # never 0
+    assert load_config(None, ["cluster.mode=async"]).cpu_threads("rollout", 1, 2.0) == 2
+    assert load_config(None, ["rollout.threads=5"]).cpu_threads("rollout", 1, 1) == 5
+    on_gpu = load_config(None, ["cluster.gpus_per_actor=1", "learner.threads=4"])
+    assert on_gpu.cpu_threads("learner", 1, 1) is None  # nothing changes on GPUs
