@@ -8,8 +8,9 @@ random weights — on the same prompts and seeds, with fixed-length completions
 repeated ``--repeats`` times, the two sides taking turns:
 
 - ``floor``: what a plain user would write, in this process with all its cores:
-  ``vllm.LLM.generate`` for the step's rollouts, then one plain-torch forward/backward over
-  exactly those sequences and one AdamW step;
+  ``vllm.LLM.generate`` for the step's rollouts, then a plain-torch forward/backward over
+  exactly those sequences, in micro-batches of the same token budget as duet's (gradients
+  accumulated), and one AdamW step;
 - ``duet``: the real loop (``cluster.loop.driver``: a vLLM rollout actor, the reward pool,
   the replay queue, a DeepSpeed ZeRO-2 learner rank, the verified weight sync) for a few
   steps; its figure is the median step time.
@@ -50,8 +51,10 @@ def run_config(model: str, new_tokens: int, steps: int, out: Path, seed: int) ->
         f"rollout.max_new_tokens={new_tokens}", f"rollout.min_new_tokens={new_tokens}",
         "algo.prompts_per_step=4", "algo.group_size=16", f"steps={steps}", "eval_every=0",
         "task.eval_size=4", "rollout.eval_k=1",
-        # One micro-batch holds the whole step, as the floor's single batch does.
-        "learner.micro_batch_tokens=16384",
+        # Both sides cut the step into micro-batches of this many tokens (padded), which
+        # bounds the activations' memory: a whole ~100M step at once does not fit beside
+        # the other side's processes here.
+        "learner.micro_batch_tokens=8192",
         "learner.lr=1e-5", f"seed={seed}", f"output_dir={out}", "queue.durable=false"])
 
 
@@ -78,6 +81,17 @@ class Floor:
                                                           dtype=torch.float32)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learner.lr)
 
+    def chunks(self, rows: List[List[int]]) -> List[List[int]]:
+        """Rows in arrival order, cut where rows x longest would pass the token budget."""
+        budget, out, current = self.config.learner.micro_batch_tokens, [], []
+        for i, row in enumerate(rows):
+            longest = max([len(rows[j]) for j in current] + [len(row)])
+            if current and longest * (len(current) + 1) > budget:
+                out.append(current)
+                current = []
+            current.append(i)
+        return out + [current] if current else out
+
     def step(self, prompts: List[str], seed: int) -> Dict[str, float]:
         import torch
         from vllm import SamplingParams
@@ -89,17 +103,19 @@ class Floor:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         generated = time.perf_counter()
         rows = [list(o.prompt_token_ids) + list(c.token_ids) for o in outputs for c in o.outputs]
-        width = max(len(x) for x in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width)
-        for i, x in enumerate(rows):
-            ids[i, :len(x)] = torch.tensor(x)
-            mask[i, :len(x)] = 1
-        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
-        logp = logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)
-        advantage = torch.randn(len(rows), 1)
-        loss = -(advantage * logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
-        loss.backward()
+        advantage = torch.randn(len(rows))
+        total = sum(len(x) - 1 for x in rows)
+        for chunk in self.chunks(rows):
+            width = max(len(rows[i]) for i in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width)
+            for j, i in enumerate(chunk):
+                ids[j, :len(rows[i])] = torch.tensor(rows[i])
+                mask[j, :len(rows[i])] = 1
+            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
+            logp = logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)
+            loss = -(advantage[chunk, None] * logp * mask[:, 1:]).sum() / total
+            loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
         done = time.perf_counter()

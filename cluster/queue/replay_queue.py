@@ -320,7 +320,11 @@ class ReplayQueue:
         with self._lock:
             unknown = [o for o in offsets if not 0 <= o < self._next_offset]
             if unknown:
-                raise KeyError(f"ack of offsets this queue never issued: {unknown[:10]}")
+                hint = ("" if self._log is not None else
+                        "; a queue without a log (queue.durable=false) that crashed and was "
+                        "restarted has lost every group it held: set queue.durable=true for "
+                        "runs that must survive a queue crash")
+                raise KeyError(f"ack of offsets this queue never issued: {unknown[:10]}{hint}")
             done = self._take(offsets)
             self._finish(done, reason=None)
             self._update_gauges()
