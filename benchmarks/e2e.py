@@ -36,6 +36,9 @@ from cluster.loop.run_log import read_rows
 PHASES = ("generate", "reward", "queue", "train", "sync", "other")
 EVAL_EVERY = 2
 TINY_PRESET = Path(__file__).resolve().parents[1] / "deploy" / "configs" / "tiny-cpu.yaml"
+# One lr for both arms, as this benchmark has always run (the preset's own pair is the
+# paper's 8e-6 / 1e-6, for `duet compare`).
+SAME_LR = ["learner.lr=5e-5", "learner.warmup_steps=20"]
 
 
 def phase_split(rows: List[Dict[str, float]]) -> Dict[str, float]:
@@ -90,15 +93,16 @@ def bench_tiny(out: Path, seeds: List[int], steps: int, target: float) -> Dict[s
     every = f"eval_every={EVAL_EVERY}"
     # Greedy accuracy is the target; mean@k would multiply each evaluation's cost by k.
     greedy_only = "rollout.eval_k=1"
-    base = load_config(TINY_PRESET, [f"steps={steps}", every, greedy_only, f"output_dir={out}"])
+    base = load_config(TINY_PRESET, SAME_LR + [f"steps={steps}", every, greedy_only,
+                                               f"output_dir={out}"])
     model = str(resolve_model(base, lambda m: None))
     actors = start_rollouts(arms(base)["16"], model, out / "engines")
     per_arm: Dict[str, List[Dict[str, object]]] = {"2": [], "16": []}
     ratios: List[float] = []
     try:
         for seed in seeds:
-            configs = arms(load_config(TINY_PRESET, [f"steps={steps}", every, greedy_only,
-                                                     f"output_dir={out}", f"seed={seed}"]))
+            configs = arms(load_config(TINY_PRESET, SAME_LR + [
+                f"steps={steps}", every, greedy_only, f"output_dir={out}", f"seed={seed}"]))
             got = {g: run_arm(c, out / f"tiny-s{seed}-g{g}", model, actors)
                    for g, c in configs.items()}
             for g in got:
@@ -146,7 +150,7 @@ def bench_equal_epochs(out: Path, seeds: List[int], train_prompts: int,
     from cluster.loop.launch import start_rollouts, stop_rollouts
     from cluster.policy.models import resolve_model
 
-    base = load_config(TINY_PRESET, [
+    base = load_config(TINY_PRESET, SAME_LR + [
         f"output_dir={out}", f"seed={seeds[0]}", f"compare.seeds={len(seeds)}",
         f"compare.train_prompts={train_prompts}", f"compare.epochs={epochs}",
         # A short run: 4 warm-up steps for both (the paper: 10 of 2-GRPO's 293).

@@ -42,17 +42,3 @@ def test_summaries_and_table_carry_median_spread_and_repetitions():
                                                         {"figure": "g", "none": None}]}}, meta)
     assert "| f | x_vs_y | 1.5 (min 1, max 2, n=2) |" in table
     assert "| g | none | — |" in table
-
-
-def test_fixed_set_puts_the_held_out_prompts_first_then_the_training_ones(tmp_path):
-    import json
-
-    from actors.tasks.arithmetic import ArithmeticTask
-    from benchmarks.e2e import write_fixed_set
-
-    rows = [json.loads(line) for line in
-            write_fixed_set(tmp_path / "set.jsonl", 64).read_text().splitlines()]
-    held_out = ArithmeticTask().eval_set()
-    assert len(rows) == len(held_out) + 64
-    assert [r["prompt"] for r in rows[:len(held_out)]] == [p.text for p in held_out]
-    assert not {r["prompt"] for r in rows[len(held_out):]} & {p.text for p in held_out}
