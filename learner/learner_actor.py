@@ -15,7 +15,6 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.contract.config import RunConfig
-from cluster.contract.threads import sharing_of
 from cluster.contract.weights import BUCKET_BYTES
 from learner.rank import LearnerRank
 
@@ -74,6 +73,14 @@ class LearnerGroup:
         if self.placement is not None and self.owns_placement:
             remove_placement_group(self.placement)
         self.placement = None
+
+
+def sharing_of(group: PlacementGroup, count: int) -> List[int]:
+    """For each of the first ``count`` bundles of a ready placement group, how many of them
+    share its node (the actors that split that node's cores)."""
+    nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
+    placed = [nodes.get(i) for i in range(count)]
+    return [placed.count(node) for node in placed]
 
 
 def combine_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:

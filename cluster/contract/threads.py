@@ -8,7 +8,8 @@ the engines beside it sit idle. ``RunConfig.cpu_threads`` says what the role may
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+import os
+from typing import Literal, Optional
 
 import torch
 
@@ -16,15 +17,12 @@ from cluster.contract.config import RunConfig, node_cores
 
 
 def granted_cpus() -> float:
-    """The CPUs Ray gave this actor (the node's cores outside a Ray worker)."""
+    """The CPUs this process was granted: Ray starts an actor with ``OMP_NUM_THREADS`` set to
+    its ``num_cpus``; a plain process (no such setting) has the node's cores."""
     try:
-        import ray
-
-        if ray.is_initialized():
-            return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
-    except (ImportError, AssertionError):  # Ray answers only inside its workers
-        pass
-    return float(node_cores())
+        return float(os.environ["OMP_NUM_THREADS"])
+    except (KeyError, ValueError):
+        return float(node_cores())
 
 
 def use_cpu_threads(config: RunConfig, role: Literal["rollout", "learner"], sharing: int
@@ -36,12 +34,3 @@ def use_cpu_threads(config: RunConfig, role: Literal["rollout", "learner"], shar
         torch.set_num_threads(threads)
     return threads
 
-
-def sharing_of(group, count: int) -> List[int]:
-    """For each of the first ``count`` bundles of a ready placement group, how many of them
-    share its node (the actors that split that node's cores)."""
-    import ray
-
-    nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
-    placed = [nodes.get(i) for i in range(count)]
-    return [placed.count(node) for node in placed]

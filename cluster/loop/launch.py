@@ -12,8 +12,8 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from actors.rollout_actor import RolloutActor
 from cluster.contract.config import RunConfig
-from cluster.contract.threads import sharing_of
 from cluster.loop.placement import in_bundle, reserve
+from learner.learner_actor import sharing_of
 
 ROLLOUT_CPUS = 1.0  # what RolloutActor asks for by default
 
