@@ -62,6 +62,19 @@ class StepStats:
         return {reason: len(ids) for reason, ids in self.dropped_ids.items()}
 
 
+def sampled_logprobs(completion) -> List[float]:
+    """Each sampled token's log-prob from a vLLM completion sampled with ``logprobs=0``.
+
+    In vLLM's flat form (``flat_logprobs``) a position holds only its sampled token, so the
+    values are read as they lie; any other form is read a position at a time."""
+    logprobs, ids = completion.logprobs, list(completion.token_ids)
+    if logprobs is None:
+        raise ValueError("the engine returned no log-probs; training samples need logprobs=0")
+    if getattr(logprobs, "token_ids", None) == ids:
+        return list(logprobs.logprobs)
+    return [position[t].logprob for position, t in zip(logprobs, ids)]
+
+
 def engine_kwargs(config: RunConfig, model_path: str) -> Dict[str, object]:
     """Keyword arguments for ``vllm.LLM`` from the run config."""
     return dict(
@@ -140,9 +153,15 @@ class RolloutWorker:
             "eval": (r.eval_temperature, r.eval_top_p, r.eval_top_k),
         }[mode]
         eos = self.tokenizer.eos_token_id
+        train = mode == "train"
+        # Training keeps each sampled token's log-prob (the behaviour policy's), in vLLM's
+        # flat form: a few lists per completion instead of a dict per token. Nothing reads
+        # vLLM's text (``score`` decodes the ids once), so it does not detokenize.
         return SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
-                              max_tokens=r.max_new_tokens, logprobs=0, seed=seed,
-                              min_tokens=r.min_new_tokens if mode == "train" else 0,
+                              max_tokens=r.max_new_tokens, seed=seed,
+                              logprobs=0 if train else None, flat_logprobs=train,
+                              detokenize=False,
+                              min_tokens=r.min_new_tokens if train else 0,
                               stop_token_ids=[eos] if eos is not None else None)
 
     def _encode(self, text: str) -> List[int]:
@@ -209,8 +228,7 @@ class RolloutWorker:
         now = time.time()
         for i, (position, prompt, ids, out) in enumerate(zip(positions, prompts, token_ids, outputs)):
             comps = [list(c.token_ids) for c in out.outputs]
-            logps = [[lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]
-                     for c in out.outputs]
+            logps = [sampled_logprobs(c) for c in out.outputs]
             groups.append(Group(
                 group_id=f"s{position}",
                 prompt_id=prompt.prompt_id,
