@@ -186,9 +186,11 @@ class EngineWeights:
         return [lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
 
     def verify(self, manifest: WeightManifest) -> float:
-        """Largest probe difference; ``WeightSyncError`` naming the version beyond tolerance."""
+        """Largest probe difference; ``WeightSyncError`` naming the version beyond tolerance,
+        or when there is no probe (unverified weights are never reported as loaded)."""
         if not manifest.probe_token_ids:
-            return 0.0
+            raise WeightSyncError(f"policy version {manifest.version}: the manifest carries "
+                                  "no probe, so the weights cannot be verified")
         try:
             return compare_probe(manifest.probe_logprobs, self.probe(manifest.probe_token_ids),
                                  PROBE_TOLERANCE[manifest.dtype])

@@ -175,14 +175,35 @@ def probe_token_ids(vocab_size: int, length: int = PROBE_PREFIX, seed: int = 123
 
 
 @torch.no_grad()
-def probe_sequence(model: torch.nn.Module, vocab_size: int) -> List[int]:
-    """The probe's token ids: the fixed prefix, then ``PROBE_GREEDY`` greedy tokens of ``model``."""
+def probe(model: torch.nn.Module, vocab_size: int) -> Tuple[List[int], List[float]]:
+    """The probe's token ids — the fixed prefix, then ``PROBE_GREEDY`` greedy tokens of
+    ``model`` — and the log-prob of each token after the first under ``model``.
+
+    One forward over the prefix, then one token at a time from the key/value cache: each
+    greedy token's log-prob comes from the logits that chose it, so the whole probe costs a
+    prefix pass and ``PROBE_GREEDY - 1`` one-token passes. The model runs in eval mode, as
+    the engine does (no dropout; a cache even where training checkpoints activations)."""
     ids = probe_token_ids(vocab_size)
     device = next(model.parameters()).device
-    for _ in range(PROBE_GREEDY):
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1]
-        ids.append(int(logits[:vocab_size].argmax()))
-    return ids
+    training = model.training
+    model.eval()
+    try:
+        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (T, V)
+        targets = torch.tensor(ids[1:], device=device)[:, None]
+        logprobs = logp[:-1].gather(-1, targets)[:, 0].tolist()
+        for i in range(PROBE_GREEDY):
+            last = logp[-1, :vocab_size]
+            token = int(last.argmax())
+            ids.append(token)
+            logprobs.append(float(last[token]))
+            if i + 1 < PROBE_GREEDY:
+                out = model(input_ids=torch.tensor([[token]], device=device),
+                            past_key_values=out.past_key_values, use_cache=True)
+                logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+    finally:
+        model.train(training)
+    return ids, logprobs
 
 
 @torch.no_grad()
@@ -218,11 +239,10 @@ def start_manifest(version: int, names: Sequence[str], model: torch.nn.Module, v
     must receive, and the probe computed on ``model`` (digests travel with each bucket)."""
     if dtype not in PROBE_TOLERANCE:
         raise ValueError(f"no probe tolerance for dtype {dtype!r}; known: {sorted(PROBE_TOLERANCE)}")
-    ids = probe_sequence(model, vocab_size)
+    ids, logprobs = probe(model, vocab_size)
     return WeightManifest(version=version, digests=(), total_bytes=0,
-                          probe_token_ids=tuple(ids),
-                          probe_logprobs=tuple(probe_logprobs(model, ids)), dtype=dtype,
-                          names=tuple(names))
+                          probe_token_ids=tuple(ids), probe_logprobs=tuple(logprobs),
+                          dtype=dtype, names=tuple(names))
 
 
 def build_manifest(version: int, buckets: Sequence[Tuple[bytes, List[str]]],

@@ -1,0 +1,28 @@
+"""The weight probe: a fixed prefix, the model's greedy continuation, and their log-probs."""
+
+import pytest
+import torch
+
+from cluster.contract.weights import PROBE_GREEDY, PROBE_PREFIX, probe, probe_logprobs
+from cluster.policy.embedded import build_model
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_probe_scores_its_greedy_continuation_as_a_full_forward_does(checkpointing):
+    """The cached, token-at-a-time probe agrees with one full forward over its ids, also for
+    a training-mode model that checkpoints activations (which turns HF's cache off in
+    training); the model is left in the mode it was in."""
+    model = build_model(seed=3)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    vocab = model.config.vocab_size
+    ids, logprobs = probe(model, vocab)
+    assert model.training
+    assert len(ids) == PROBE_PREFIX + PROBE_GREEDY and len(logprobs) == len(ids) - 1
+    model.eval()
+    assert max(abs(a - b) for a, b in zip(logprobs, probe_logprobs(model, ids))) < 1e-5
+    # The continuation is greedy: each token is the argmax after its prefix.
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    assert ids[PROBE_PREFIX:] == logits[PROBE_PREFIX - 1:-1, :vocab].argmax(-1).tolist()
