@@ -151,8 +151,9 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
         for _ in source:
             pass
         return {}
-    client.start_weight_update()
-    outstanding: deque = deque()
+    # Not awaited: an actor runs its calls in the order they were made, so the buckets
+    # queue up behind the start; its errors surface with the first wait.
+    outstanding: deque = deque([(client.submit("start_weight_update", client.manifest), 0)])
     digests: List[str] = []
     staged = peak = total = 0
     for index, (data, _names) in enumerate(pack_buckets(iter(source), bucket_bytes)):
