@@ -13,7 +13,8 @@ repeated ``--repeats`` times, the two sides taking turns:
   accumulated), and one AdamW step;
 - ``duet``: the real loop (``cluster.loop.driver``: a vLLM rollout actor, the reward pool,
   the replay queue, a DeepSpeed ZeRO-2 learner rank, the verified weight sync) for a few
-  steps; its figure is the median step time.
+  steps; its figure is the median step time after the first (the floor's first step is an
+  untimed warm-up, so each side is timed over the same number of warm steps).
 
 ``step_vs_floor`` = floor seconds / duet seconds per step (1.0: duet at the floor), per
 repetition, then the median. The phase split is reported for both sides.
@@ -39,9 +40,9 @@ def sizes(quick: bool) -> List[Dict[str, object]]:
     from benchmarks.rollout import MODEL_100M
     from cluster.policy.embedded import TINY_MODEL
 
-    rows = [{"name": "tiny (0.8M)", "spec": TINY_MODEL, "new_tokens": 32, "steps": 4}]
+    rows = [{"name": "tiny (0.8M)", "spec": TINY_MODEL, "new_tokens": 32, "steps": 6}]
     if not quick:
-        rows.append({"name": "~100M", "spec": MODEL_100M, "new_tokens": 128, "steps": 2})
+        rows.append({"name": "~100M", "spec": MODEL_100M, "new_tokens": 128, "steps": 3})
     return rows
 
 
@@ -52,9 +53,9 @@ def run_config(model: str, new_tokens: int, steps: int, out: Path, seed: int) ->
         "algo.prompts_per_step=4", "algo.group_size=16", f"steps={steps}", "eval_every=0",
         "task.eval_size=4", "rollout.eval_k=1",
         # Both sides cut the step into micro-batches of this many tokens (padded), which
-        # bounds the activations' memory: a whole ~100M step at once does not fit beside
-        # the other side's processes here.
-        "learner.micro_batch_tokens=8192",
+        # bounds the activations' memory: the ~100M model's activations for 8192 tokens
+        # (~7 GB a side) pushed a 23 GB node past Ray's memory monitor.
+        "learner.micro_batch_tokens=4096",
         "learner.lr=1e-5", f"seed={seed}", f"output_dir={out}", "queue.durable=false"])
 
 
@@ -124,12 +125,15 @@ class Floor:
 
 
 def duet_steps(config: RunConfig, run_dir: Path, actors) -> Dict[str, float]:
-    """A short real run; its median step and phases."""
+    """A short real run; the median of its steps after the first, and their phases.
+
+    The first step is the floor's untimed warm-up step: it is a fresh learner's first touch
+    of its activations and buffers, which a run pays once."""
     from cluster.loop.driver import Driver
     from cluster.loop.run_log import read_rows
 
     Driver(config, run_dir, config.model.path, actors).run()
-    rows = read_rows(run_dir / "metrics.jsonl", "step")
+    rows = read_rows(run_dir / "metrics.jsonl", "step")[1:]
     phases = {"generate": "generate_s", "reward": "reward_s", "train": "learner_seconds",
               "sync": "sync_s"}
     out = {p: statistics.median(r.get(k, 0.0) or 0.0 for r in rows) for p, k in phases.items()}
@@ -157,7 +161,7 @@ def bench_model(size: Dict[str, object], repeats: int, out: Path) -> Dict[str, o
     try:
         for rep in range(repeats):
             got = [floor.step([task.train(rep * 64 + s * 4 + i).text for i in range(4)],
-                              seed=rep * 100 + s) for s in range(int(size["steps"]))]
+                              seed=rep * 100 + s) for s in range(int(size["steps"]) - 1)]
             f = {k: statistics.median(g[k] for g in got) for k in got[0]}
             d = duet_steps(replace(config, [f"seed={rep}"]),
                            out / f"{folder.name}-rep{rep}", actors)
