@@ -1,21 +1,26 @@
-"""Learner throughput against a raw DeepSpeed loop, and peak memory of ZeRO-2 vs ZeRO-3.
+"""Learner throughput against a plain training process, and peak memory of ZeRO-2 vs ZeRO-3.
 
-Run: ``python -m benchmarks.learner --json``
+Run: ``python -m benchmarks.learner --json`` (``--quick``: the tiny model only, no memory rows)
 
-In one Ray session, the same learner ranks time two things on the same batches, interleaved:
+Throughput, for the embedded tiny model (64 rollouts x 64 tokens) and a ~100M-parameter one
+of the same architecture (16 rollouts x 128 tokens), on the same batches, taking turns:
 
-- ``duet``: ``LearnerRank.train_step`` (group sharding, token-budget micro-batches,
-  advantages, the clipped GRPO loss, one optimizer step);
-- ``raw``: the plainest DeepSpeed loop over the same rows and micro-batches (forward,
-  log-probs of the completion tokens, mean, backward, step).
+- ``duet``: ``LearnerRank.train_step`` in a real learner actor (one rank, DeepSpeed ZeRO-2
+  on gloo), with the threads duet gives it (``learner.threads``, default: the node's cores
+  in sync mode): group sharding, token-budget micro-batches, advantages, the clipped GRPO
+  loss, gradient clipping, one optimizer step;
+- ``plain``: what a plain user process runs — a separate process, not started by Ray, with
+  torch's default threads: the same rows in the same micro-batches, forward, log-probs of
+  the completion tokens times an advantage, backward, gradient clipping, one AdamW step.
 
-``tokens_per_s_vs_raw`` is duet's completion tokens per second over the raw loop's (goal
->= 0.9). Peak resident memory per rank is read from the rank processes (``ru_maxrss``) for a
-~100M-parameter Qwen2-shaped model under ZeRO-2 and ZeRO-3 with 2 ranks on gloo.
+``tokens_per_s_vs_plain`` is duet's completion tokens per second over the plain process's
+(goal >= 0.9). Peak resident memory per rank is read from the rank processes
+(``ru_maxrss``) for the ~100M model under ZeRO-2 and ZeRO-3 with 2 ranks on gloo.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import tempfile
 from typing import Dict, List
@@ -23,21 +28,18 @@ from typing import Dict, List
 import ray
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary
-from benchmarks.learner_loops import duet_step, make_batch, raw_step
+from benchmarks.learner_loops import duet_step, make_batch
+from benchmarks.rollout import MODEL_100M
 from cluster.contract.config import load_config
-from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
+from cluster.policy.embedded import TINY_MODEL, build_model, build_tokenizer, save_model_folder
 from learner.rank import LearnerRank
 
-MODEL_100M = TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
-                           intermediate_size=2816, max_position=512)
+MICRO_BATCH_TOKENS = 4096
 
 
 @ray.remote(num_cpus=1)
 class BenchRank(LearnerRank):
-    """A learner rank that can also run the raw loop and report its peak memory."""
-
-    def raw(self, batch) -> Dict[str, float]:
-        return raw_step(self, batch)
+    """A learner rank that reports its own step time and peak memory."""
 
     def duet(self, batch) -> Dict[str, float]:
         return duet_step(self, batch)
@@ -54,50 +56,98 @@ def start_ranks(config, model_path: str) -> List:
     return ranks
 
 
+def plain_process(conn, model_path: str, shape: Dict[str, int]) -> None:
+    """The plain side, in its own process: answers each batch seed with (seconds, tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.learner_loops import plain_step
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    conn.send({"threads": torch.get_num_threads()})
+    while True:
+        seed = conn.recv()
+        if seed is None:
+            return
+        batch = make_batch(shape["groups"], shape["group_size"], 18, shape["completion"],
+                           shape["vocab"], seed)
+        conn.send(plain_step(model, optimizer, batch, MICRO_BATCH_TOKENS))
+
+
+def throughput(name: str, model_path: str, shape: Dict[str, int], repeats: int
+               ) -> Dict[str, object]:
+    """duet's learner actor and a plain process on the same batches, interleaved."""
+    config = load_config(None, [
+        "learner.num_ranks=1", "learner.zero_stage=2", "learner.lr=1e-5",
+        f"learner.micro_batch_tokens={MICRO_BATCH_TOKENS}",
+        f"rollout.max_new_tokens={shape['completion']}",
+        f"model.max_model_len={shape['completion'] + 32}"])
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of Ray's
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=plain_process, args=(theirs, model_path, shape), daemon=True)
+    child.start()
+    plain_threads = ours.recv()["threads"]
+    (rank,) = start_ranks(config, model_path)
+    try:
+        duet_s, plain_s, tokens = [], [], 0.0
+        for seed in range(repeats + 1):  # the first of each: an untimed warm-up
+            batch = make_batch(shape["groups"], shape["group_size"], 18, shape["completion"],
+                               shape["vocab"], seed)
+            d = ray.get(rank.duet.remote(batch))
+            ours.send(seed)
+            p = ours.recv()
+            if seed:
+                duet_s.append(d["seconds"])
+                plain_s.append(p["seconds"])
+                tokens = d["tokens"]
+                assert p["tokens"] == tokens, "both sides must train on the same tokens"
+            print(f"learner {name} batch {seed}: duet {d['seconds']:.3f} s, plain "
+                  f"{p['seconds']:.3f} s", flush=True)
+        duet_threads = ray.get(rank.threads.remote())
+    finally:
+        ours.send(None)
+        child.join(timeout=30)
+        ray.kill(rank)
+    return {
+        "figure": f"{name}, 1 rank, ZeRO-2, {shape['groups'] * shape['group_size']} rollouts "
+                  f"x {shape['completion']} tokens",
+        "duet_tokens_per_s": summary([tokens / s for s in duet_s]),
+        "plain_tokens_per_s": summary([tokens / s for s in plain_s]),
+        "tokens_per_s_vs_plain": ratio_summary(plain_s, duet_s),
+        "duet_threads": duet_threads,
+        "plain_threads": plain_threads,
+    }
+
+
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     tmp = tempfile.mkdtemp(prefix="duet-bench-learner-")
     results: Dict[str, object] = {"benchmark": "learner", "machine": machine(), "rows": []}
+    vocab = build_tokenizer().vocab_size
 
-    # Throughput: the embedded tiny model, 2 ranks, ZeRO-2, batches of 64 rollouts.
-    tiny = save_model_folder(build_model(), build_tokenizer(), f"{tmp}/tiny")
-    config = load_config(None, ["learner.num_ranks=2", "learner.zero_stage=2",
-                                "learner.micro_batch_tokens=2048", "rollout.max_new_tokens=64",
-                                "model.max_model_len=256"])
-    ranks = start_ranks(config, str(tiny))
-    batches = [make_batch(8, 8, 32, 64, 18, seed) for seed in range(args.repeats + 1)]
-    ray.get([r.duet.remote(batches[0]) for r in ranks])  # warm-up
-    ray.get([r.raw.remote(batches[0]) for r in ranks])
-    duet_s, raw_s, tokens = [], [], 0.0
-    for batch in batches[1:]:
-        d = ray.get([r.duet.remote(batch) for r in ranks])
-        w = ray.get([r.raw.remote(batch) for r in ranks])
-        duet_s.append(max(x["seconds"] for x in d))
-        raw_s.append(max(x["seconds"] for x in w))
-        tokens = sum(x["tokens"] for x in d)
-    for r in ranks:
-        ray.kill(r)
-    results["rows"].append({
-        "figure": "tiny model, 2 ranks, ZeRO-2, 64 rollouts x 64 tokens",
-        "duet_tokens_per_s": summary([tokens / s for s in duet_s]),
-        "raw_tokens_per_s": summary([tokens / s for s in raw_s]),
-        "tokens_per_s_vs_raw": ratio_summary(raw_s, duet_s),
-    })
-
-    # Memory: a ~100M-parameter model under ZeRO-2 and ZeRO-3.
+    tiny = save_model_folder(build_model(TINY_MODEL), build_tokenizer(), f"{tmp}/tiny")
+    results["rows"].append(throughput(
+        "tiny model", str(tiny),
+        {"groups": 4, "group_size": 16, "completion": 64, "vocab": vocab}, args.repeats))
     if not args.quick:
         big = save_model_folder(build_model(MODEL_100M), build_tokenizer(), f"{tmp}/m100")
         params = sum(p.numel() for p in build_model(MODEL_100M).parameters())
-        batch = make_batch(4, 2, 32, 32, 18, 99)
+        results["rows"].append(throughput(
+            f"~{params / 1e6:.0f}M-parameter model", str(big),
+            {"groups": 2, "group_size": 8, "completion": 128, "vocab": vocab},
+            min(args.repeats, 3)))
+
+        # Memory: the ~100M model under ZeRO-2 and ZeRO-3, 2 ranks.
+        batch = make_batch(4, 2, 32, 32, vocab, 99)
         for stage in (2, 3):
             cfg = load_config(None, ["learner.num_ranks=2", f"learner.zero_stage={stage}",
                                      "learner.micro_batch_tokens=1024",
                                      "rollout.max_new_tokens=32", "model.max_model_len=128"])
             ranks = start_ranks(cfg, str(big))
-            times = []
-            for _ in range(2):
-                times.append(max(x["seconds"] for x in ray.get([r.duet.remote(batch) for r in ranks])))
+            times = [max(x["seconds"] for x in ray.get([r.duet.remote(batch) for r in ranks]))
+                     for _ in range(2)]
             peaks = ray.get([r.peak_rss_mib.remote() for r in ranks])
             for r in ranks:
                 ray.kill(r)

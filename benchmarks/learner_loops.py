@@ -1,4 +1,4 @@
-"""The two learner loops the learner benchmarks time, and their synthetic batches (no Ray)."""
+"""The learner loops the learner benchmarks time, and their synthetic batches (no Ray)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,28 @@ def raw_step(rank: LearnerRank, batch) -> Dict[str, float]:
         rank.engine.backward(loss)
         tokens += int(mask.sum())
     rank.engine.step()
+    return {"tokens": float(tokens), "seconds": time.perf_counter() - start}
+
+
+def plain_step(model, optimizer, batch, micro_batch_tokens: int) -> Dict[str, float]:
+    """The plain loop over the same rows and micro-batches: forward, log-probs of the
+    completion tokens times an advantage, backward; then gradient clipping and one step."""
+    start = time.perf_counter()
+    t = to_tensors(batch)
+    lengths = t.attention_mask.sum(1)
+    advantages = torch.randn(t.input_ids.shape[0])
+    total = float(t.completion_mask[:, 1:].sum())
+    tokens = 0
+    for chunk in micro_batches(list(range(t.input_ids.shape[0])), lengths, micro_batch_tokens):
+        width = int(lengths[chunk].max())
+        logp = token_logprobs(model, t.input_ids[chunk, :width],
+                              t.attention_mask[chunk, :width])
+        mask = t.completion_mask[chunk, 1:width].float()
+        (-(advantages[chunk, None] * logp * mask).sum() / total).backward()
+        tokens += int(mask.sum())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
     return {"tokens": float(tokens), "seconds": time.perf_counter() - start}
 
 
