@@ -1,6 +1,7 @@
 """The floor: duet's full step against the plainest step doing the same work, side by side.
 
-Run: ``python -m benchmarks.floor --json`` (``--quick``: the tiny model only, fewer steps)
+Run: ``python -m benchmarks.floor --json`` (``--quick``: the tiny model once; ``--only tiny``
+or ``--only 100M``: one model)
 
 For each model — the embedded tiny one and a ~100M-parameter one of the same architecture,
 random weights — on the same prompts and seeds, with fixed-length completions
@@ -13,8 +14,8 @@ repeated ``--repeats`` times, the two sides taking turns:
   accumulated), and one AdamW step;
 - ``duet``: the real loop (``cluster.loop.driver``: a vLLM rollout actor, the reward pool,
   the replay queue, a DeepSpeed ZeRO-2 learner rank, the verified weight sync) for a few
-  steps; its figure is the median step time after the first (the floor's first step is an
-  untimed warm-up, so each side is timed over the same number of warm steps).
+  steps; its figure is the median step time after its first ``WARMUP_STEPS`` (a fresh
+  learner process faulting in its memory), over as many warm steps as the floor's.
 
 ``step_vs_floor`` = floor seconds / duet seconds per step (1.0: duet at the floor), per
 repetition, then the median. The phase split is reported for both sides.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from benchmarks.common import emit, machine, parser, summary
 from cluster.contract.config import RunConfig, load_config, node_cores, replace
 
 PHASES = ("generate", "reward", "queue", "train", "sync", "other")
+WARMUP_STEPS = 2  # duet's untimed steps per run; the floor's process warms up once
 
 
 def sizes(quick: bool) -> List[Dict[str, object]]:
@@ -40,9 +43,9 @@ def sizes(quick: bool) -> List[Dict[str, object]]:
     from benchmarks.rollout import MODEL_100M
     from cluster.policy.embedded import TINY_MODEL
 
-    rows = [{"name": "tiny (0.8M)", "spec": TINY_MODEL, "new_tokens": 32, "steps": 6}]
+    rows = [{"name": "tiny (0.8M)", "spec": TINY_MODEL, "new_tokens": 32, "timed": 5}]
     if not quick:
-        rows.append({"name": "~100M", "spec": MODEL_100M, "new_tokens": 128, "steps": 3})
+        rows.append({"name": "~100M", "spec": MODEL_100M, "new_tokens": 128, "timed": 2})
     return rows
 
 
@@ -125,15 +128,16 @@ class Floor:
 
 
 def duet_steps(config: RunConfig, run_dir: Path, actors) -> Dict[str, float]:
-    """A short real run; the median of its steps after the first, and their phases.
-
-    The first step is the floor's untimed warm-up step: it is a fresh learner's first touch
-    of its activations and buffers, which a run pays once."""
+    """A short real run; the median of its steps after the first ``WARMUP_STEPS``, and
+    their phases. A run's first steps are a fresh learner process's first touches of its
+    memory (on the ~100M model, 2.6 million page faults and 20 s of kernel time in the
+    first step, 10 s by the third), which a run of hundreds of steps pays once; the floor,
+    one long-lived process, is warm after its own untimed step."""
     from cluster.loop.driver import Driver
     from cluster.loop.run_log import read_rows
 
     Driver(config, run_dir, config.model.path, actors).run()
-    rows = read_rows(run_dir / "metrics.jsonl", "step")[1:]
+    rows = read_rows(run_dir / "metrics.jsonl", "step")[WARMUP_STEPS:]
     phases = {"generate": "generate_s", "reward": "reward_s", "train": "learner_seconds",
               "sync": "sync_s"}
     out = {p: statistics.median(r.get(k, 0.0) or 0.0 for r in rows) for p, k in phases.items()}
@@ -152,7 +156,8 @@ def bench_model(size: Dict[str, object], repeats: int, out: Path) -> Dict[str, o
 
     folder = out / str(size["name"]).split()[0].strip("~")
     model = str(save_model_folder(build_model(size["spec"]), build_tokenizer(), folder))
-    config = run_config(model, int(size["new_tokens"]), int(size["steps"]), out, seed=0)
+    timed = int(size["timed"])
+    config = run_config(model, int(size["new_tokens"]), timed + WARMUP_STEPS, out, seed=0)
     task = ArithmeticTask(seed=0)
     actors = start_rollouts(config, model, out / "engines")
     floor = Floor(config)
@@ -161,7 +166,7 @@ def bench_model(size: Dict[str, object], repeats: int, out: Path) -> Dict[str, o
     try:
         for rep in range(repeats):
             got = [floor.step([task.train(rep * 64 + s * 4 + i).text for i in range(4)],
-                              seed=rep * 100 + s) for s in range(int(size["steps"]) - 1)]
+                              seed=rep * 100 + s) for s in range(timed)]
             f = {k: statistics.median(g[k] for g in got) for k in got[0]}
             d = duet_steps(replace(config, [f"seed={rep}"]),
                            out / f"{folder.name}-rep{rep}", actors)
@@ -169,7 +174,7 @@ def bench_model(size: Dict[str, object], repeats: int, out: Path) -> Dict[str, o
             duets.append(d)
             ratios.append(f["step"] / d["step"])
             print(f"floor {size['name']} rep {rep}: floor {f['step']:.3f} s, duet "
-                  f"{d['step']:.3f} s, step_vs_floor {ratios[-1]:.3f}", flush=True)
+                  f"{d['step']:.3f} s, step_vs_floor {ratios[-1]:.3f}", file=sys.stderr, flush=True)
     finally:
         stop_rollouts(actors)
     return {
@@ -189,13 +194,16 @@ def bench_model(size: Dict[str, object], repeats: int, out: Path) -> Dict[str, o
 def main() -> None:
     import ray
 
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--only", choices=("tiny", "100M"), help="one of the two models")
+    args = cli.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     ray.init(num_cpus=max(2, node_cores()), include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     out = Path(tempfile.mkdtemp(prefix="duet-bench-floor-"))
     repeats = 1 if args.quick else max(3, args.repeats)
-    rows = [bench_model(size, repeats, out) for size in sizes(args.quick)]
+    rows = [bench_model(size, repeats, out) for size in sizes(args.quick)
+            if args.only is None or args.only in str(size["name"])]
     ray.shutdown()
     emit({"benchmark": "floor", "machine": machine(), "rows": rows,
           "note": "floor = a plain process (vLLM LLM.generate + plain torch AdamW step, all "
