@@ -36,10 +36,19 @@ def run_one(name: str, quick: bool) -> Dict[str, object]:
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"[bench] {name} failed (exit {out.returncode}) after {seconds:.0f} s")
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    result = last_json(out.stdout)
     result["seconds"] = seconds
     print(f"[bench] {name}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
     return result
+
+
+def last_json(stdout: str) -> Dict[str, object]:
+    """The JSON document a benchmark prints last (``emit``: a line that is only "{"): vLLM's
+    in-process engine logs to the same stdout, with braces of its own, before it."""
+    start = 0 if stdout.startswith("{\n") else stdout.rfind("\n{\n") + 1
+    if start == 0 and not stdout.startswith("{\n"):
+        raise ValueError(f"no JSON document in the benchmark's output: {stdout[-300:]!r}")
+    return json.loads(stdout[start:])
 
 
 def _cell(value: object) -> str:

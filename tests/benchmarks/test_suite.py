@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.common import ratio_summary, summary
 from benchmarks.e2e import first_at_target, phase_split, time_to_target
-from benchmarks.run_all import markdown
+from benchmarks.run_all import last_json, markdown
 
 STEPS = [{"step": s, "step_s": 1.0 + s / 10, "generate_s": 0.5, "reward_s": 0.1,
           "queue_put_s": 0.05, "queue_get_s": 0.05, "learner_seconds": 0.2, "sync_s": 0.1}
@@ -42,3 +42,12 @@ def test_summaries_and_table_carry_median_spread_and_repetitions():
                                                         {"figure": "g", "none": None}]}}, meta)
     assert "| f | x_vs_y | 1.5 (min 1, max 2, n=2) |" in table
     assert "| g | none | — |" in table
+
+
+def test_the_results_are_found_after_engine_logs_with_braces_of_their_own():
+    logged = ("INFO [api_utils.py] non-default args: {'dtype': 'float32'}\n"
+              '{"not": "this"} either\n{\n  "benchmark": "floor",\n  "rows": []\n}\n')
+    assert last_json(logged) == {"benchmark": "floor", "rows": []}
+    assert last_json('{\n  "benchmark": "queue"\n}\n') == {"benchmark": "queue"}
+    with pytest.raises(ValueError, match="no JSON document"):
+        last_json("INFO only logs {x}\n")
