@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import sys
 import tempfile
 from typing import Dict, List
 
@@ -103,7 +104,7 @@ def throughput(name: str, model_path: str, shape: Dict[str, int], repeats: int
                 tokens = d["tokens"]
                 assert p["tokens"] == tokens, "both sides must train on the same tokens"
             print(f"learner {name} batch {seed}: duet {d['seconds']:.3f} s, plain "
-                  f"{p['seconds']:.3f} s", flush=True)
+                  f"{p['seconds']:.3f} s", file=sys.stderr, flush=True)
         duet_threads = ray.get(rank.threads.remote())
     finally:
         ours.send(None)
