@@ -198,8 +198,12 @@ def probe(model: torch.nn.Module, vocab_size: int) -> Tuple[List[int], List[floa
             ids.append(token)
             logprobs.append(float(last[token]))
             if i + 1 < PROBE_GREEDY:
-                out = model(input_ids=torch.tensor([[token]], device=device),
-                            past_key_values=out.past_key_values, use_cache=True)
+                cache = getattr(out, "past_key_values", None)
+                if cache is None:  # a model without a cache: the whole sequence again
+                    out = model(input_ids=torch.tensor([ids], device=device))
+                else:
+                    out = model(input_ids=torch.tensor([[token]], device=device),
+                                past_key_values=cache, use_cache=True)
                 logp = torch.log_softmax(out.logits[0].float(), dim=-1)
     finally:
         model.train(training)

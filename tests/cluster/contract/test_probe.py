@@ -26,3 +26,23 @@ def test_probe_scores_its_greedy_continuation_as_a_full_forward_does(checkpointi
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0]
     assert ids[PROBE_PREFIX:] == logits[PROBE_PREFIX - 1:-1, :vocab].argmax(-1).tolist()
+
+
+def test_a_model_without_a_cache_gets_the_same_probe():
+    """Custom models may return no key/value cache: the probe recomputes the sequence."""
+    model = build_model(seed=3).eval()
+    vocab = model.config.vocab_size
+
+    class NoCache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, **kwargs):
+            out = self.inner(input_ids=input_ids)
+            out.past_key_values = None
+            return out
+
+    ids, logprobs = probe(NoCache(), vocab)
+    expected_ids, expected = probe(model, vocab)
+    assert ids == expected_ids and logprobs == pytest.approx(expected, abs=1e-5)
