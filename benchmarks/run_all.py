@@ -45,10 +45,12 @@ def run_one(name: str, quick: bool) -> Dict[str, object]:
 def last_json(stdout: str) -> Dict[str, object]:
     """The JSON document a benchmark prints last (``emit``: a line that is only "{"): vLLM's
     in-process engine logs to the same stdout, with braces of its own, before it."""
-    start = 0 if stdout.startswith("{\n") else stdout.rfind("\n{\n") + 1
-    if start == 0 and not stdout.startswith("{\n"):
+    if stdout.startswith("{\n"):
+        return json.loads(stdout)
+    start = stdout.rfind("\n{\n")
+    if start < 0:
         raise ValueError(f"no JSON document in the benchmark's output: {stdout[-300:]!r}")
-    return json.loads(stdout[start:])
+    return json.loads(stdout[start + 1:])
 
 
 def _cell(value: object) -> str:
