@@ -3,7 +3,8 @@
 Run: ``python -m benchmarks.learner --json`` (``--quick``: the tiny model only, no memory rows)
 
 Throughput, for the embedded tiny model (64 rollouts x 64 tokens) and a ~100M-parameter one
-of the same architecture (16 rollouts x 128 tokens), on the same batches, taking turns:
+of the same architecture (16 rollouts x 128 tokens), on the same batches, taking turns, each
+side's first ``WARMUP_BATCHES`` untimed:
 
 - ``duet``: ``LearnerRank.train_step`` in a real learner actor (one rank, DeepSpeed ZeRO-2
   on gloo), with the threads duet gives it (``learner.threads``, default: the node's cores
@@ -36,6 +37,10 @@ from cluster.policy.embedded import TINY_MODEL, build_model, build_tokenizer, sa
 from learner.rank import LearnerRank
 
 MICRO_BATCH_TOKENS = 4096
+# Untimed batches on each side first: a fresh process faults in its memory over its first
+# steps (``benchmarks.floor`` measured it), which a run of hundreds of steps pays once.
+WARMUP_BATCHES = 2
+TINY_BATCHES = 10  # timed; a tiny batch takes a fraction of a second, so more of them
 
 
 @ray.remote(num_cpus=1)
@@ -92,13 +97,13 @@ def throughput(name: str, model_path: str, shape: Dict[str, int], repeats: int
     (rank,) = start_ranks(config, model_path)
     try:
         duet_s, plain_s, tokens = [], [], 0.0
-        for seed in range(repeats + 1):  # the first of each: an untimed warm-up
+        for seed in range(WARMUP_BATCHES + repeats):
             batch = make_batch(shape["groups"], shape["group_size"], 18, shape["completion"],
                                shape["vocab"], seed)
             d = ray.get(rank.duet.remote(batch))
             ours.send(seed)
             p = ours.recv()
-            if seed:
+            if seed >= WARMUP_BATCHES:
                 duet_s.append(d["seconds"])
                 plain_s.append(p["seconds"])
                 tokens = d["tokens"]
@@ -131,7 +136,8 @@ def main() -> None:
     tiny = save_model_folder(build_model(TINY_MODEL), build_tokenizer(), f"{tmp}/tiny")
     results["rows"].append(throughput(
         "tiny model", str(tiny),
-        {"groups": 4, "group_size": 16, "completion": 64, "vocab": vocab}, args.repeats))
+        {"groups": 4, "group_size": 16, "completion": 64, "vocab": vocab},
+        max(args.repeats, TINY_BATCHES)))
     if not args.quick:
         big = save_model_folder(build_model(MODEL_100M), build_tokenizer(), f"{tmp}/m100")
         params = sum(p.numel() for p in build_model(MODEL_100M).parameters())
