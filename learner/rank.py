@@ -28,7 +28,7 @@ import torch
 
 from cluster.contract.config import RunConfig
 from cluster.contract.threads import use_cpu_threads
-from cluster.contract.weights import BUCKET_BYTES, start_manifest
+from cluster.contract.weights import BUCKET_BYTES, PROBE_PREFIX, start_manifest
 from learner.algo import compute_advantages, informative, policy_loss
 from learner.batch import TrainBatch, to_tensors
 from learner.publish import EngineClient, LearnerWeights, VllmSender, send_buckets
@@ -129,6 +129,7 @@ class LearnerRank:
         if self.reference is not None:
             self.reference.to(self.device)
         self._ds = ds
+        self._probe_guess: Tuple[int, ...] = ()  # the last probe's greedy tokens
         self.steps_done = 0
         self.bad_steps = 0
 
@@ -264,8 +265,12 @@ class LearnerRank:
         transport = self.config.rollout.weight_transfer
         manifest, client = None, None
         if self.rank == 0 or zero3:  # under ZeRO-3 the probe's forward is a collective too
+            # Rank 0 alone guesses the greedy tokens from the last probe (one forward when
+            # right); ZeRO-3's ranks must run the same passes, so they never guess.
             manifest = start_manifest(version, source.names(), self.engine.module,
-                                      self.vocab_size, self.config.model.dtype)
+                                      self.vocab_size, self.config.model.dtype,
+                                      guess=() if zero3 else self._probe_guess)
+            self._probe_guess = manifest.probe_token_ids[PROBE_PREFIX:]
         if transport == "object_store":
             client = EngineClient(actors, transport, strict=False) if self.rank == 0 else None
             if client is not None:

@@ -175,39 +175,73 @@ def probe_token_ids(vocab_size: int, length: int = PROBE_PREFIX, seed: int = 123
 
 
 @torch.no_grad()
-def probe(model: torch.nn.Module, vocab_size: int) -> Tuple[List[int], List[float]]:
+def probe(model: torch.nn.Module, vocab_size: int, guess: Sequence[int] = ()
+          ) -> Tuple[List[int], List[float]]:
     """The probe's token ids — the fixed prefix, then ``PROBE_GREEDY`` greedy tokens of
     ``model`` — and the log-prob of each token after the first under ``model``.
 
-    One forward over the prefix, then one token at a time from the key/value cache: each
-    greedy token's log-prob comes from the logits that chose it, so the whole probe costs a
-    prefix pass and ``PROBE_GREEDY - 1`` one-token passes. The model runs in eval mode, as
+    ``guess``: the greedy tokens this expects (the previous version's probe: one policy step
+    rarely changes them). The prefix and the guess go through the model in one pass; each
+    guessed token that is the argmax after its prefix is kept with its log-prob, and from
+    the first one that is not, the continuation is made greedily, a token at a time from the
+    key/value cache. The result is the model's own greedy continuation whatever the guess;
+    a right guess makes the whole probe one forward pass. The model runs in eval mode, as
     the engine does (no dropout; a cache even where training checkpoints activations)."""
     ids = probe_token_ids(vocab_size)
+    draft = [int(t) for t in guess][:PROBE_GREEDY - 1]
     device = next(model.parameters()).device
     training = model.training
     model.eval()
     try:
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
-        logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (T, V)
+        logp = _logprobs(model(input_ids=torch.tensor([ids + draft], device=device)))
         targets = torch.tensor(ids[1:], device=device)[:, None]
-        logprobs = logp[:-1].gather(-1, targets)[:, 0].tolist()
-        for i in range(PROBE_GREEDY):
-            last = logp[-1, :vocab_size]
-            token = int(last.argmax())
-            ids.append(token)
-            logprobs.append(float(last[token]))
-            if i + 1 < PROBE_GREEDY:
-                cache = getattr(out, "past_key_values", None)
-                if cache is None:  # a model without a cache: the whole sequence again
-                    out = model(input_ids=torch.tensor([ids], device=device))
-                else:
-                    out = model(input_ids=torch.tensor([[token]], device=device),
-                                past_key_values=cache, use_cache=True)
-                logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+        logprobs = logp[:PROBE_PREFIX - 1].gather(-1, targets)[:, 0].tolist()
+        greedy: List[int] = []
+        for k in range(len(draft) + 1):  # row PROBE_PREFIX - 1 + k follows draft[:k]
+            token, value = _argmax(logp[PROBE_PREFIX - 1 + k, :vocab_size])
+            greedy.append(token)
+            logprobs.append(value)
+            if k == len(draft) or token != draft[k]:
+                break
+        if len(greedy) < PROBE_GREEDY:
+            tokens, values = _greedy(model, ids + greedy, PROBE_GREEDY - len(greedy),
+                                     vocab_size, device)
+            greedy += tokens
+            logprobs += values
     finally:
         model.train(training)
-    return ids, logprobs
+    return ids + greedy, logprobs
+
+
+def _logprobs(out) -> torch.Tensor:
+    return torch.log_softmax(out.logits[0].float(), dim=-1)  # (T, V)
+
+
+def _argmax(row: torch.Tensor) -> Tuple[int, float]:
+    token = int(row.argmax())
+    return token, float(row[token])
+
+
+def _greedy(model: torch.nn.Module, ids: List[int], count: int, vocab_size: int,
+            device: torch.device) -> Tuple[List[int], List[float]]:
+    """``count`` greedy tokens after ``ids`` and their log-probs: one pass over ``ids``,
+    then one token at a time from the key/value cache (the whole sequence again for a
+    model that returns none)."""
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    tokens: List[int] = []
+    values: List[float] = []
+    while True:
+        token, value = _argmax(_logprobs(out)[-1, :vocab_size])
+        tokens.append(token)
+        values.append(value)
+        if len(tokens) == count:
+            return tokens, values
+        cache = getattr(out, "past_key_values", None)
+        if cache is None:
+            out = model(input_ids=torch.tensor([ids + tokens], device=device))
+        else:
+            out = model(input_ids=torch.tensor([[token]], device=device),
+                        past_key_values=cache, use_cache=True)
 
 
 @torch.no_grad()
@@ -238,12 +272,13 @@ def compare_probe(expected: Sequence[float], got: Sequence[float],
 
 
 def start_manifest(version: int, names: Sequence[str], model: torch.nn.Module, vocab_size: int,
-                   dtype: str = "float32") -> WeightManifest:
+                   dtype: str = "float32", guess: Sequence[int] = ()) -> WeightManifest:
     """What an engine is told before a streamed update: the version, every tensor name it
-    must receive, and the probe computed on ``model`` (digests travel with each bucket)."""
+    must receive, and the probe computed on ``model`` (digests travel with each bucket).
+    ``guess``: the greedy tokens the probe expects (``probe``)."""
     if dtype not in PROBE_TOLERANCE:
         raise ValueError(f"no probe tolerance for dtype {dtype!r}; known: {sorted(PROBE_TOLERANCE)}")
-    ids, logprobs = probe(model, vocab_size)
+    ids, logprobs = probe(model, vocab_size, guess)
     return WeightManifest(version=version, digests=(), total_bytes=0,
                           probe_token_ids=tuple(ids), probe_logprobs=tuple(logprobs),
                           dtype=dtype, names=tuple(names))
