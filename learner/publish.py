@@ -170,9 +170,11 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
             futures, size = outstanding.popleft()
             client.wait(futures)
             staged -= size
+    # The finish queues behind the last loads at once: its answer is the only wait left.
+    finish = client.submit("finish_weight_update")
     for futures, _ in outstanding:
         client.wait(futures)
-    client.finish_weight_update()
+    client.timings.update(client.wait(finish))
     return {"digests": digests, "bytes": total, "peak_staged_bytes": peak}
 
 
