@@ -54,7 +54,8 @@ class LearnerGroup:
         return ray.get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks])
 
     def train_step(self, batch: pa.RecordBatch) -> Dict[str, float]:
-        ref = ray.put(batch)
+        # Several ranks share one copy in the object store; one rank takes it with the call.
+        ref = ray.put(batch) if len(self.ranks) > 1 else batch
         per_rank = self.call("train_step", ref)
         return combine_metrics(per_rank)
 

@@ -88,6 +88,11 @@ class Driver:
         self.summary = RunSummary()
         self.acks = AckBook()
         self._sync_futures: Optional[list] = None  # async mode: updates still in flight
+        # The last delivery's count of groups left waiting (None: ask the queue), and a
+        # step's ack on its way to the queue; the queue runs the driver's calls in order,
+        # so neither costs a round trip of its own.
+        self._waiting: Optional[int] = None
+        self._ack_sent = None
         self._busy = {"rollout": 0.0, "learner": 0.0}
         self.metrics = LoopMetrics(config.name)
         if config.cluster.metrics_port:
@@ -197,9 +202,12 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def _launch(self, step: int, attempt_tag: str):
+        waiting, self._waiting = self._waiting, None
         if self.acks.held():  # a restarted queue counts them as waiting: they are not
             ray.get(self.queue.hold.remote(self.acks.held()))
-        waiting = ray.get(self.queue.stats.remote())["waiting_groups"]
+            waiting = None
+        if waiting is None:
+            waiting = ray.get(self.queue.stats.remote())["waiting_groups"]
         need = max(0, self.config.algo.prompts_per_step - waiting)
         if need == 0:
             return []
@@ -239,6 +247,8 @@ class Driver:
         # restarted meanwhile (it would otherwise deliver them again).
         delivery = ray.get(self.queue.get.remote(self.config.algo.prompts_per_step, version, 5.0,
                                                  hold=self.acks.held()))
+        self._settle_ack()  # ran before the get: done by now
+        self._waiting = delivery.waiting
         info = {"queue_get_s": time.perf_counter() - start,
                 "staleness_max": float(max(delivery.staleness, default=0))}
         if delivery.stale_ids:
@@ -375,7 +385,8 @@ class Driver:
         self.summary.rollouts += int(row["rollouts"])
         step += 1
         if not self.config.checkpoint_every:
-            ray.get(self.queue.ack.remote(self.acks.take()))
+            self._settle_ack()
+            self._ack_sent = self.queue.ack.remote(self.acks.take())
         elif step % self.config.checkpoint_every == 0:
             self._checkpoint(step, version)
         elapsed = time.perf_counter() - self._t0
@@ -389,6 +400,12 @@ class Driver:
         return step, version, pending
 
     # ------------------------------------------------------------------ checkpoints, recovery
+
+    def _settle_ack(self) -> None:
+        """Wait for the ack on its way (its error, if any, surfaces here)."""
+        sent, self._ack_sent = self._ack_sent, None
+        if sent is not None:
+            ray.get(sent)
 
     def _checkpoint(self, step: int, version: int) -> Path:
         """Write a checkpoint atomically (``cluster.loop.checkpoint``), then ack its groups.
@@ -418,6 +435,7 @@ class Driver:
                 + (f"the previous checkpoint {previous.name} is complete and untouched: "
                    "fix the cause (e.g. free disk space) and continue with --resume"
                    if previous else "no earlier checkpoint exists")) from None
+        self._settle_ack()
         acked = self.acks.take()
         if acked:
             ray.get(self.queue.ack.remote(acked))
@@ -440,6 +458,8 @@ class Driver:
         self.learner = self._learner_group(path)
         if ckpt is not None:
             self.learner.call("load", str(ckpt))
+        # An ack already sent runs before the requeue (the queue keeps the driver's order).
+        self._ack_sent, self._waiting = None, None
         requeued = ray.get(self.queue.requeue_inflight.remote())
         self.acks.forget()
         self._sync_weights(version)
@@ -456,6 +476,7 @@ class Driver:
         self.summary.wall_seconds = wall
         self.summary.idle_fraction = {role: max(0.0, 1 - busy / wall)
                                       for role, busy in self._busy.items()}
+        self._settle_ack()
         self.ledger.write("pending", group_ids=ray.get(self.queue.pending_ids.remote()))
         self.ledger.write("finished", step=step)
         self.log.write("summary", **{k: v for k, v in self.summary.__dict__.items()

@@ -50,6 +50,7 @@ class Delivery:
     batch: pa.RecordBatch  # rows in offset order, GROUP_SCHEMA
     staleness: List[int] = field(default_factory=list)
     stale_ids: List[str] = field(default_factory=list)  # dropped by this call as too old
+    waiting: int = 0  # groups still waiting once these were taken
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -278,11 +279,12 @@ class ReplayQueue:
                     break
                 self._lock.wait(timeout=remaining)
             self._update_gauges()
+            waiting = len(self._waiting)
         staleness = [consumer_version - e.policy_version for e in picked]
         for s in staleness:
             self._metrics["duet_queue_staleness"].observe(s)
         self._metrics["duet_queue_get_seconds"].observe(time.monotonic() - start)
-        return Delivery([e.offset for e in picked], _gather(picked), staleness, stale)
+        return Delivery([e.offset for e in picked], _gather(picked), staleness, stale, waiting)
 
     def _pick(self, max_groups: int, consumer_version: int, stale_ids: List[str]
               ) -> List[_Entry]:
