@@ -9,7 +9,8 @@ own work, not the transport between actors), with fixed-length completions as in
 - ``generate``: ``RolloutWorker.generate`` for one step (4 prompts x 16: sampling with
   behaviour log-probs, decoding and scoring, the Arrow batch);
 - ``train``: ``LearnerRank.train_step`` on that batch (DeepSpeed ZeRO-2 on gloo, one rank);
-- ``sync``: the weight sync's work on both sides: the learner's manifest (its probe), the
+- ``sync``: the weight sync's work on both sides: the learner's manifest (its probe, with
+  the last probe's tokens as its guess, as a learner rank keeps them), the
   bucket packed and hashed, the engine's digest check, vLLM's layer-wise reload, the
   probe through the engine.
 
@@ -82,7 +83,13 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from actors.rollout import RolloutWorker
-    from cluster.contract.weights import BUCKET_BYTES, digest, pack_buckets, start_manifest
+    from cluster.contract.weights import (
+        BUCKET_BYTES,
+        PROBE_PREFIX,
+        digest,
+        pack_buckets,
+        start_manifest,
+    )
     from cluster.policy.embedded import build_model, build_tokenizer, save_model_folder
     from learner.publish import LearnerWeights
     from learner.rank import LearnerRank
@@ -98,6 +105,7 @@ def main() -> None:
     rank = LearnerRank(config, 0, 1)
     rank.start(model)
     version = [0]
+    guess: List[tuple] = [()]  # the last probe's greedy tokens, as a learner rank keeps them
 
     def generate() -> None:
         batches.clear()
@@ -110,7 +118,8 @@ def main() -> None:
         version[0] += 1
         source = LearnerWeights(rank.engine.module, False)
         manifest = start_manifest(version[0], source.names(), rank.engine.module,
-                                  rank.vocab_size)
+                                  rank.vocab_size, guess=guess[0])
+        guess[0] = manifest.probe_token_ids[PROBE_PREFIX:]
         worker.start_weight_update(manifest)
         for index, (data, _) in enumerate(pack_buckets(iter(source), BUCKET_BYTES)):
             worker.load_bucket(index, digest(data), data)
