@@ -116,6 +116,19 @@ def test_learner_sigkill_recovers_from_checkpoint(engines, tiny_model_path, tmp_
     assert report.ok and report.rollbacks == 1, report.text()
 
 
+def test_without_checkpoints_each_step_is_acked_and_the_next_launched_from_the_delivery(
+        engines, tiny_model_path, tmp_path):
+    """With no checkpoints a step's ack goes out without a wait and the next launch takes
+    the count of waiting groups from the last delivery: every step still trains a full
+    step's groups, and at the end nothing trained is left unacked."""
+    run(engines, tiny_model_path, tmp_path, ["steps=4", "rollout.tie_handling=keep"])
+    assert [len(ids) for ids in trained_ids(tmp_path)] == [8] * 4
+    (pending,) = read_rows(tmp_path / "ledger.jsonl", "pending")
+    assert pending["group_ids"] == []
+    report = audit(tmp_path)
+    assert report.ok, report.text()
+
+
 def test_async_mode_respects_staleness_and_keeps_engines_busy(engines, tiny_model_path, tmp_path):
     summary = run(engines, tiny_model_path, tmp_path,
                   ["steps=6", "cluster.mode=async", "queue.max_staleness=1"])

@@ -132,6 +132,17 @@ def test_staleness_bound_drops_and_counts():
     assert len(queue.get(10, consumer_version=2)) == 1  # exactly at the bound is kept
 
 
+def test_a_delivery_counts_the_groups_left_waiting():
+    """The driver plans its next launch from this count instead of asking for the stats."""
+    queue = make_queue(max_staleness=0)
+    queue.put(build_batch(groups(2, version=0, prefix="old")))
+    queue.put(build_batch(groups(5, version=1, prefix="new")))
+    first = queue.get(max_groups=3, consumer_version=1)  # the two stale ones are dropped
+    assert len(first) == 3 and first.waiting == 2 == queue.stats()["waiting_groups"]
+    last = queue.get(max_groups=3, consumer_version=1)
+    assert len(last) == 2 and last.waiting == 0 == queue.stats()["waiting_groups"]
+
+
 def test_get_waits_for_a_producer():
     queue = make_queue()
     threading.Timer(0.2, lambda: queue.put(build_batch(groups(1)))).start()
