@@ -193,7 +193,8 @@ def probe(model: torch.nn.Module, vocab_size: int, guess: Sequence[int] = ()
     training = model.training
     model.eval()
     try:
-        logp = _logprobs(model(input_ids=torch.tensor([ids + draft], device=device)))
+        logp = _logprobs(model(input_ids=torch.tensor([ids + draft], device=device),
+                               use_cache=False))  # a wrong guess starts a fresh pass
         targets = torch.tensor(ids[1:], device=device)[:, None]
         logprobs = logp[:PROBE_PREFIX - 1].gather(-1, targets)[:, 0].tolist()
         greedy: List[int] = []
