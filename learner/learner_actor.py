@@ -55,8 +55,8 @@ class LearnerGroup:
 
     def train_step(self, batch: pa.RecordBatch) -> Dict[str, float]:
         # Several ranks share one copy in the object store; one rank takes it with the call.
-        ref = ray.put(batch) if len(self.ranks) > 1 else batch
-        per_rank = self.call("train_step", ref)
+        payload = ray.put(batch) if len(self.ranks) > 1 else batch
+        per_rank = self.call("train_step", payload)
         return combine_metrics(per_rank)
 
     def send_weights(self, version: int, actors: list, bucket_bytes: int = BUCKET_BYTES,
