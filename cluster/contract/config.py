@@ -267,6 +267,10 @@ class LearnerConfig:
     """CPU threads of each rank's torch ops. null: in sync mode the node's cores shared by the
     ranks on it (the engines idle while the learner trains), in async mode the CPUs Ray
     gives the rank. Ignored on GPUs."""
+    keep_freed_memory: bool = True
+    """Keep the host memory a rank frees for its next micro-batch (malloc's mmap and trim
+    thresholds raised, ``learner.host_memory``) instead of faulting the same pages in again
+    every step. Resident memory stays near the step's peak. Ignored on GPUs."""
 
     def __post_init__(self) -> None:
         _require(self.num_ranks >= 1, "num_ranks", self.num_ranks, "must be >= 1")
@@ -550,6 +554,11 @@ class RunConfig:
         if self.cluster.mode == "async":
             return max(1, int(granted))
         return max(1, node_cores() // max(1, sharing))
+
+    def keeps_freed_memory(self) -> bool:
+        """Whether learner ranks keep the host memory they free (``learner.host_memory``):
+        ``learner.keep_freed_memory`` on CPUs; on GPUs malloc is left as it is."""
+        return self.learner.keep_freed_memory and self.cluster.gpus_per_actor == 0
 
     @property
     def gpus(self) -> float:
