@@ -53,11 +53,14 @@ class LearnerGroup:
     def call(self, method: str, *args, **kwargs) -> list:
         return ray.get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks])
 
-    def train_step(self, batch: pa.RecordBatch) -> Dict[str, float]:
+    def train_step(self, batch: pa.RecordBatch, wait: bool = True):
+        """One training step on every rank: the combined metrics, or with ``wait=False`` the
+        ranks' futures (``combine_metrics(ray.get(futures))``). A call made to the ranks
+        meanwhile (a weight send) runs right after the step, without a round trip between."""
         # Several ranks share one copy in the object store; one rank takes it with the call.
         payload = ray.put(batch) if len(self.ranks) > 1 else batch
-        per_rank = self.call("train_step", payload)
-        return combine_metrics(per_rank)
+        futures = [r.train_step.remote(payload) for r in self.ranks]
+        return combine_metrics(ray.get(futures)) if wait else futures
 
     def send_weights(self, version: int, actors: list, bucket_bytes: int = BUCKET_BYTES,
                      wait: bool = True):

@@ -41,7 +41,7 @@ from cluster.loop.placement import learner_placement
 from cluster.loop.run_log import RunLog
 from cluster.metrics.catalogue import serve_once
 from cluster.queue.actor import ReplayQueueActor
-from learner.learner_actor import LearnerGroup
+from learner.learner_actor import LearnerGroup, combine_metrics
 
 MAX_LEARNER_RESTARTS = 3
 MAX_EVAL_TRIES = 3
@@ -149,14 +149,11 @@ class Driver:
 
     # ------------------------------------------------------------------ weights
 
-    def _sync_weights(self, version: int, wait: bool = True) -> Dict[str, float]:
-        """Send ``version`` to every engine (``learner.publish``); in async mode (``wait``
-        False) the send goes on while the engines generate and ``_one_step`` awaits it."""
+    def _sync_weights(self, version: int) -> Dict[str, float]:
+        """Send ``version`` to every engine (``learner.publish``) and wait until each holds
+        it (a step's own sync is sent with its training: ``_one_step``)."""
         start = time.perf_counter()
         futures = self.learner.send_weights(version, list(self.actors), wait=False)
-        if not wait:
-            self._sync_futures = futures
-            return {}
         row = self._await_sync(self.actors, futures, version)
         row["sync_s"] = time.perf_counter() - start
         return row
@@ -374,13 +371,21 @@ class Driver:
         if batch is not None:
             if self.config.cluster.placement == "colocated":  # the rank beside it trains
                 ray.get([a.sleep.remote() for a in self.actors])
-            metrics = self.learner.train_step(batch)
+            trained = self.learner.train_step(batch, wait=False)
+            version += 1
+            # Queued behind the step: the ranks send its weights as soon as it is done.
+            sync = self.learner.send_weights(version, list(self.actors), wait=False)
+            metrics = combine_metrics(ray.get(trained))
             self.ledger.write("trained", step=step + 1, attempt=tag,
                               group_ids=batch.column("group_id").to_pylist())
             self._busy["learner"] += metrics["learner_seconds"]
             row.update({k: v for k, v in metrics.items()})
-            version += 1
-            row.update(self._sync_weights(version, wait=not async_mode))
+            if async_mode:  # awaited after the next step's rollouts
+                self._sync_futures = sync
+            else:
+                start = time.perf_counter()
+                row.update(self._await_sync(self.actors, sync, version))
+                row["sync_s"] = time.perf_counter() - start  # what the step waits for it
             self.acks.trained(offsets)
         self.summary.rollouts += int(row["rollouts"])
         step += 1
