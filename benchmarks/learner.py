@@ -40,7 +40,7 @@ MICRO_BATCH_TOKENS = 4096
 # Untimed batches on each side first: a fresh process faults in its memory over its first
 # steps (``benchmarks.floor`` measured it), which a run of hundreds of steps pays once.
 WARMUP_BATCHES = 2
-TINY_BATCHES = 10  # timed; a tiny batch takes a fraction of a second, so more of them
+TINY_BATCHES = 20  # timed; a tiny batch takes a fraction of a second, so more of them
 
 
 @ray.remote(num_cpus=1)
