@@ -364,7 +364,7 @@ class LearnerRank:
 
     def host_memory(self) -> Dict[str, object]:
         """Whether this rank keeps the host memory it frees (``learner.host_memory``), and
-        the page faults of touching a freed 64 MiB block again: none when it does."""
+        the page faults of touching a freed 32 MiB block again: none when it does."""
         return {"kept": self.keeps_freed_memory, "refaults": refaults()}
 
     def pid(self) -> int:
