@@ -16,7 +16,8 @@ side's first ``WARMUP_BATCHES`` untimed:
 
 ``tokens_per_s_vs_plain`` is duet's completion tokens per second over the plain process's
 (goal >= 0.9). Peak resident memory per rank is read from the rank processes
-(``ru_maxrss``) for the ~100M model under ZeRO-2 and ZeRO-3 with 2 ranks on gloo.
+(``ru_maxrss``) for the ~100M model under ZeRO-2 and ZeRO-3 with 2 ranks on gloo, each with
+the freed host memory kept and returned (``learner.keep_freed_memory``).
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ def main() -> None:
 
         # Memory: the ~100M model under ZeRO-2 and ZeRO-3, 2 ranks.
         batch = make_batch(4, 2, 32, 32, vocab, 99)
-        for stage in (2, 3):
+        # Each stage with the freed host memory kept (the default) and given back, side by
+        # side: keeping it trades peak memory for page faults (``learner.host_memory``).
+        for stage, keep in ((2, True), (2, False), (3, True), (3, False)):
             cfg = load_config(None, ["learner.num_ranks=2", f"learner.zero_stage={stage}",
                                      "learner.micro_batch_tokens=1024",
+                                     f"learner.keep_freed_memory={str(keep).lower()}",
                                      "rollout.max_new_tokens=32", "model.max_model_len=128"])
             ranks = start_ranks(cfg, str(big))
             times = [max(x["seconds"] for x in ray.get([r.duet.remote(batch) for r in ranks]))
@@ -159,8 +163,10 @@ def main() -> None:
             for r in ranks:
                 ray.kill(r)
             results["rows"].append({
-                "figure": f"~{params / 1e6:.0f}M-parameter model, 2 ranks, ZeRO-{stage}",
+                "figure": f"~{params / 1e6:.0f}M-parameter model, 2 ranks, ZeRO-{stage}, "
+                          f"freed memory {'kept' if keep else 'returned'}",
                 "zero_stage": stage,
+                "keep_freed_memory": keep,
                 "peak_rss_mib_per_rank": peaks,
                 "step_seconds": summary(times),
             })
