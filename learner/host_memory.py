@@ -7,9 +7,10 @@ allocates and frees the same activations and optimizer temporaries every time, s
 step faulted the same pages in again: 8,500 minor faults a step on the tiny model and
 630,000 on the ~100M one. Raising both thresholds keeps those pages for the next use:
 in two plain-torch processes taking turns on the same batches, default malloc against
-this, a step took 1.03x as long without it on the tiny model and 1.12-1.18x on the ~100M
-one. In duet's full ~100M step (``benchmarks.floor``) the learner went from 31.5 s to
-29.4 s against the plain process's 28.3 and 28.8 s.
+raised thresholds (mmap at 64 MiB, above every block plain torch frees), a step took 1.03x
+as long without them on the tiny model and 1.12-1.18x on the ~100M one. In duet's full
+~100M step (``benchmarks.floor``) the learner went from 31.5 s to 29.4 s against the plain
+process's 28.3 and 28.8 s.
 
 The cost is memory: the heap holds what it once held, and big long-lived buffers share it
 with short-lived ones, so the peak grows by what cannot be reused in between: +2-4% in one
