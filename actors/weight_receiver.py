@@ -20,8 +20,38 @@ That is what lets weights arrive a bucket at a time, never the whole model at on
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+# What vLLM logs on every in-place update that is not news: the rotary table is computed
+# from the config, never loaded, so its layer "fails to load" each time and keeps its
+# values; the prefix cache is reset by design. At one update a step they would fill the
+# engine's log (and keep Ray's log monitor busy) with lines a user should not act on.
+ROUTINE_RELOAD_LOGS = {
+    "vllm.model_executor.model_loader.reload.layerwise": ("%s: Failed to load weights",
+                                                          ("RotaryEmbedding",)),
+    "vllm.v1.core.block_pool": ("Successfully reset prefix cache", ()),
+}
+
+
+class RoutineReloadFilter(logging.Filter):
+    """Drops exactly one routine record (message template and arguments) of one logger."""
+
+    def __init__(self, msg: str, args: tuple) -> None:
+        super().__init__()
+        self.msg, self.args = msg, args
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == self.msg and tuple(record.args or ()) == self.args)
+
+
+def quiet_routine_reload_logs() -> None:
+    """Install the filters once per process (the engine's worker's)."""
+    for name, (msg, args) in ROUTINE_RELOAD_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RoutineReloadFilter) for f in logger.filters):
+            logger.addFilter(RoutineReloadFilter(msg, args))
 
 
 class WeightReceiver:
@@ -40,6 +70,7 @@ class WeightReceiver:
         """Start an in-place update: layers are reprocessed as their tensors complete."""
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        quiet_routine_reload_logs()
         initialize_layerwise_reload(self._duet_model())
         self._duet_spans: List[Tuple[int, int]] = []
 

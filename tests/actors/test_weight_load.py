@@ -4,6 +4,8 @@
 recording model (the real engine path runs in test_rollout.py and test_transfer.py).
 """
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,27 @@ def test_a_streamed_update_checks_order_digests_and_completeness():
         weights.load_bucket(i, digest(data), data)
     with pytest.raises(WeightSyncError, match="version 4: the manifest carries no probe"):
         weights.finish()  # unverifiable weights are never reported as loaded
+
+
+def test_routine_reload_lines_are_dropped_and_nothing_else(caplog):
+    """An update makes vLLM log that the rotary table "failed to load" (it is computed, and
+    kept) and that the prefix cache was reset: every step, and neither is news. Once an
+    update begins, exactly those two records are dropped; the same warning for a layer
+    that holds weights still reaches the log."""
+    from vllm.logger import init_logger
+
+    layerwise = init_logger("vllm.model_executor.model_loader.reload.layerwise")
+    block_pool = init_logger("vllm.v1.core.block_pool")
+    receiver().duet_begin_reload()
+    receiver().duet_begin_reload()  # installed once, however many updates
+    assert sum(type(f).__name__ == "RoutineReloadFilter" for f in layerwise.filters) == 1
+    with caplog.at_level(logging.INFO):
+        layerwise.warning("%s: Failed to load weights", "RotaryEmbedding")
+        block_pool.info("Successfully reset prefix cache")
+        layerwise.warning("%s: Failed to load weights", "Qwen2MLP")
+        block_pool.warning("Failed to reset prefix cache because some blocks (3) are not "
+                           "freed yet")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Qwen2MLP: Failed to load weights",
+        "Failed to reset prefix cache because some blocks (3) are not freed yet"]
+
