@@ -18,6 +18,7 @@ import ray
 from actors.rollout import RolloutWorker
 from cluster.contract.config import RunConfig, load_config, to_dict
 from cluster.contract.files import atomic_write_json
+from cluster.contract.schema import to_ipc
 from cluster.contract.weights import WeightManifest
 
 
@@ -33,10 +34,11 @@ def find_queue(name: Optional[str]):
 
 
 def queue_sink(queue):
-    """A sink that puts a batch into a ``ReplayQueueActor`` and waits for it to be logged."""
+    """A sink that puts a batch into a ``ReplayQueueActor`` and waits for it to be logged
+    (the batch crosses as one Arrow IPC stream: ``to_ipc``)."""
     if queue is None:
         return None
-    return lambda batch: ray.get(queue.put.remote(batch))
+    return lambda batch: ray.get(queue.put.remote(to_ipc(batch)))
 
 
 class RolloutActorBase(RolloutWorker):

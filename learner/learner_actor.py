@@ -15,6 +15,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.contract.config import RunConfig
+from cluster.contract.schema import to_ipc
 from cluster.contract.weights import BUCKET_BYTES
 from learner.rank import LearnerRank
 
@@ -57,8 +58,10 @@ class LearnerGroup:
         """One training step on every rank: the combined metrics, or with ``wait=False`` the
         ranks' futures (``combine_metrics(ray.get(futures))``). A call made to the ranks
         meanwhile (a weight send) runs right after the step, without a round trip between."""
-        # Several ranks share one copy in the object store; one rank takes it with the call.
-        payload = ray.put(batch) if len(self.ranks) > 1 else batch
+        # One Arrow IPC stream (``to_ipc``); several ranks share one copy in the object
+        # store, one rank takes it with the call.
+        stream = to_ipc(batch)
+        payload = ray.put(stream) if len(self.ranks) > 1 else stream
         futures = [r.train_step.remote(payload) for r in self.ranks]
         return combine_metrics(ray.get(futures)) if wait else futures
 

@@ -21,12 +21,13 @@ import datetime
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 import torch
 
 from cluster.contract.config import RunConfig
+from cluster.contract.schema import from_ipc
 from cluster.contract.threads import use_cpu_threads
 from cluster.contract.weights import BUCKET_BYTES, PROBE_PREFIX, start_manifest
 from learner.algo import compute_advantages, informative, policy_loss
@@ -137,9 +138,12 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ training
 
-    def train_step(self, batch: pa.RecordBatch) -> Dict[str, float]:
-        """One optimizer step per mini-batch, over ``ppo_epochs`` passes; returns metrics."""
+    def train_step(self, batch: Union[pa.RecordBatch, bytes]) -> Dict[str, float]:
+        """One optimizer step per mini-batch, over ``ppo_epochs`` passes; returns metrics.
+        ``batch``: a record batch, or one as an Arrow IPC stream (``to_ipc``)."""
         start = time.perf_counter()
+        if not isinstance(batch, pa.RecordBatch):
+            batch = from_ipc(batch)
         algo = self.config.algo
         t = to_tensors(batch)
         advantages = compute_advantages(t.rewards, algo.advantage, algo.std, algo.eps)  # (P, G)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.contract.files import atomic_write_text
-from cluster.contract.schema import GROUP_SCHEMA, validate
+from cluster.contract.schema import GROUP_SCHEMA, combine, from_ipc, to_ipc, validate
 from cluster.metrics.catalogue import MetricSet
 from cluster.queue.log import COMMIT_FILE, CommitState, SegmentLog
 
@@ -55,6 +55,15 @@ class Delivery:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def __reduce__(self):
+        # Across processes the batch travels as one Arrow IPC stream (``to_ipc``).
+        return (_delivery, (self.offsets, to_ipc(self.batch), self.staleness, self.stale_ids,
+                            self.waiting))
+
+
+def _delivery(offsets, stream, staleness, stale_ids, waiting) -> Delivery:
+    return Delivery(offsets, from_ipc(stream), staleness, stale_ids, waiting)
+
 
 class QueueClosed(RuntimeError):
     """The queue was closed while a producer or consumer waited on it."""
@@ -62,22 +71,12 @@ class QueueClosed(RuntimeError):
 
 def _as_batch(data: Union[pa.RecordBatch, pa.Table, bytes, pa.Buffer]) -> pa.RecordBatch:
     if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)):
-        table = pa.ipc.open_stream(data).read_all()
-        return _combine(table)
+        return from_ipc(data)
     if isinstance(data, pa.Table):
-        return _combine(data)
+        return combine(data)
     if isinstance(data, pa.RecordBatch):
         return data
     raise TypeError(f"put takes an Arrow RecordBatch, Table or IPC bytes, not {type(data)}")
-
-
-def _combine(table: pa.Table) -> pa.RecordBatch:
-    batches = table.to_batches()
-    if len(batches) == 1:
-        return batches[0]
-    if not batches:
-        return pa.RecordBatch.from_pylist([], schema=table.schema)
-    return pa.concat_batches(batches)
 
 
 def _row_sizes(batch: pa.RecordBatch) -> np.ndarray:

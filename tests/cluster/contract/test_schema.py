@@ -3,7 +3,15 @@
 import pyarrow as pa
 import pytest
 
-from cluster.contract.schema import GROUP_SCHEMA, Group, SchemaError, build_batch, validate
+from cluster.contract.schema import (
+    GROUP_SCHEMA,
+    Group,
+    SchemaError,
+    build_batch,
+    from_ipc,
+    to_ipc,
+    validate,
+)
 
 
 def group(gid="g0", completions=([4, 5], []), rewards=(1.0, 0.0), **kw):
@@ -54,3 +62,18 @@ def test_foreign_schema_is_rejected():
         names=GROUP_SCHEMA.names)
     with pytest.raises(SchemaError, match="field 'policy_version' has type int32"):
         validate(cast)
+
+
+def test_a_batch_crosses_as_one_ipc_stream_and_comes_back_equal():
+    batch = build_batch([group("a"), group("b", completions=([7], [8, 9]))])
+    stream = to_ipc(batch)
+    assert isinstance(stream, bytes)
+    assert from_ipc(stream).equals(batch)
+    empty = build_batch([])
+    assert from_ipc(to_ipc(empty)).equals(empty) and from_ipc(to_ipc(empty)).num_rows == 0
+    # Several batches in one stream come back as one.
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, GROUP_SCHEMA) as writer:
+        writer.write_batch(batch.slice(0, 1))
+        writer.write_batch(batch.slice(1))
+    assert from_ipc(sink.getvalue()).equals(batch)

@@ -1,5 +1,6 @@
 """ReplayQueue without Ray: round trips, backpressure, staleness, durability, exactly-once."""
 
+import pickle
 import threading
 import time
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from cluster.contract.schema import Group, build_batch
+from cluster.contract.schema import Group, build_batch, to_ipc
 from cluster.metrics.catalogue import MetricSet
 from cluster.queue.log import COMMIT_FILE
 from cluster.queue.replay_queue import ReplayQueue
@@ -55,9 +56,15 @@ def group_sets(draw):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(group_sets())
 def test_round_trip_schema_queue_tensors(gs):
+    """Groups -> Arrow -> queue -> tensors, with both process crossings as they happen:
+    the producer's batch as an IPC stream, the delivery pickled (as Ray sends it)."""
     queue = make_queue(max_staleness=10)
-    queue.put(build_batch(gs))
-    delivery = queue.get(max_groups=len(gs), consumer_version=3)
+    queue.put(to_ipc(build_batch(gs)))
+    sent = queue.get(max_groups=len(gs), consumer_version=3)
+    delivery = pickle.loads(pickle.dumps(sent))
+    assert (delivery.offsets, delivery.staleness, delivery.waiting) == (
+        sent.offsets, sent.staleness, sent.waiting)
+    assert delivery.batch.equals(sent.batch)
     assert len(delivery) == len(gs)
     t = to_tensors(delivery.batch)
     size = len(gs[0].rewards)
