@@ -177,4 +177,3 @@ def test_routine_reload_lines_are_dropped_and_nothing_else(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "Qwen2MLP: Failed to load weights",
         "Failed to reset prefix cache because some blocks (3) are not freed yet"]
-
