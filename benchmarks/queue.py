@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.common import emit, machine, parser, ratio_summary, summary, timed
-from cluster.contract.schema import Group, build_batch
+from cluster.contract.schema import Group, build_batch, from_ipc, to_ipc
 from learner.batch import to_tensors
 
 ROLLOUTS_PER_STEP = 512  # the paper's step: 256 x 2 or 32 x 16
@@ -70,13 +70,6 @@ def lists_to_tensors(rows: List[Dict]) -> Dict[str, object]:
         "completion_mask": torch.tensor([s + [0] * (width - len(s)) for s in masks]),
         "rewards": torch.tensor([row["rewards"] for row in rows]),
     }
-
-
-def ipc_round_trip(batch: pa.RecordBatch) -> pa.Table:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_batch(batch)
-    return pa.ipc.open_stream(sink.getvalue()).read_all()
 
 
 def learner_step_seconds(batch: pa.RecordBatch, repeats: int, sample_rows: int = 64) -> List[float]:
@@ -159,7 +152,7 @@ def main() -> None:
                 lists_to_tensors(ray.get(pickled.get.remote(len(python_rows))))
 
             def via_ipc() -> None:
-                to_tensors(ipc_round_trip(batch).to_batches()[0])
+                to_tensors(from_ipc(to_ipc(batch)))
 
             q, p, i = [], [], []
             for _ in range(args.repeats):  # interleaved, so drift hits all three alike
