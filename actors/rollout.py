@@ -53,6 +53,9 @@ class StepStats:
     group_ids: List[str] = field(default_factory=list)
     dropped_ids: Dict[str, List[str]] = field(default_factory=dict)
     """Groups dropped before the queue, by reason ('tie', 'too_long')."""
+    unverified: bool = False
+    """The engine held no verified weights (Ray restarted the actor, or an update failed
+    part way), so nothing was generated: sync the weights, then ask again."""
 
     def drop(self, reason: str, group_id: str) -> None:
         self.dropped_ids.setdefault(reason, []).append(group_id)
@@ -255,7 +258,13 @@ class RolloutWorker:
         ``request_id`` makes a retried call (after this worker was restarted mid-call) finish
         the original request rather than start a new one. ``group_size`` overrides the
         config's G for this call.
+
+        An engine without verified weights (``policy_version`` -1: restarted, or an update
+        that failed part way) generates nothing and says so (``StepStats.unverified``):
+        training samples only ever come from a policy version the learner published.
         """
+        if self.policy_version < 0:
+            return StepStats(unverified=True)
         stats = StepStats()
         mode = self.config.rollout.tie_handling
         budget = int(self.config.rollout.resample_budget * num_groups)
@@ -312,11 +321,12 @@ class RolloutWorker:
 
     # The streamed update, the calls a learner's sender makes (``learner.publish``).
 
-    def start_weight_update(self, manifest: WeightManifest) -> None:
-        """Begin loading ``manifest.version``; until it is verified the engine holds none."""
+    def start_weight_update(self, manifest: WeightManifest, mode: Optional[str] = None) -> None:
+        """Begin loading ``manifest.version``; until it is verified the engine holds none.
+        ``mode``: the chunks that follow (``buckets`` or ``transfer``), when known."""
         self.wake_up()
         self.policy_version = -1
-        self.weights.begin(manifest)
+        self.weights.begin(manifest, mode)
 
     def load_bucket(self, index: int, expected_digest: str, data) -> None:
         """One object-store bucket (digest checked first)."""

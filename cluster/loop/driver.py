@@ -45,6 +45,7 @@ from learner.learner_actor import LearnerGroup, combine_metrics
 
 MAX_LEARNER_RESTARTS = 3
 MAX_EVAL_TRIES = 3
+MAX_RESYNCS = 3  # an engine that comes back unverified this often in one step is broken
 
 
 class RunFailed(RuntimeError):
@@ -198,7 +199,8 @@ class Driver:
 
     # ------------------------------------------------------------------ the loop
 
-    def _launch(self, step: int, attempt_tag: str):
+    def _launch(self, step: int, attempt_tag: str) -> List[Tuple[object, int, str, object]]:
+        """Start a step's generation: (actor, groups, request id, future) per engine asked."""
         waiting, self._waiting = self._waiting, None
         if self.acks.held():  # a restarted queue counts them as waiting: they are not
             ray.get(self.queue.hold.remote(self.acks.held()))
@@ -208,12 +210,34 @@ class Driver:
         need = max(0, self.config.algo.prompts_per_step - waiting)
         if need == 0:
             return []
-        parts = split(need, len(self.actors))
-        return [a.generate.remote(n, f"{self.config.name}-{attempt_tag}-{step}")
-                for a, n in zip(self.actors, parts) if n]
+        request = f"{self.config.name}-{attempt_tag}-{step}"
+        return [(a, n, request, a.generate.remote(n, request))
+                for a, n in zip(self.actors, split(need, len(self.actors))) if n]
 
-    def _collect(self, futures, step: int) -> Dict[str, float]:
-        stats = ray.get(futures)
+    def _generated(self, pending, version: int) -> list:
+        """Each launched generation's stats. An engine without verified weights (Ray
+        restarted it, or its update failed part way) generated nothing: it is sent
+        ``version`` and asked again under the same request id, so no round trip checks the
+        engines before each step."""
+        stats = ray.get([future for *_, future in pending])
+        for _ in range(MAX_RESYNCS):
+            stale = [i for i, s in enumerate(stats) if s.unverified]
+            if not stale:
+                return stats
+            actors = [pending[i][0] for i in stale]
+            self._await_sync(actors, self.learner.send_weights(version, actors, wait=False),
+                             version)
+            self.log.write("rollout_resync", actors=len(actors), policy_version=version)
+            self.metrics.restarted("rollout", len(actors))
+            again = ray.get([a.generate.remote(n, request)
+                             for a, n, request, _ in (pending[i] for i in stale)])
+            for i, s in zip(stale, again):
+                stats[i] = s
+        raise RunFailed(f"rollout actor(s) came back without verified weights after "
+                        f"{MAX_RESYNCS} resyncs to policy version {version}")
+
+    def _collect(self, pending, step: int, version: int) -> Dict[str, float]:
+        stats = self._generated(pending, version)
         out = {"generate_s": max((s.generate_seconds for s in stats), default=0.0),
                "reward_s": max((s.reward_seconds for s in stats), default=0.0),
                "queue_put_s": max((s.queue_seconds for s in stats), default=0.0),
@@ -355,10 +379,9 @@ class Driver:
         row: Dict[str, object] = {"step": step + 1}
         t_step = time.perf_counter()
         if pending is None:
-            self._resync_restarted_actors(version)
             pending = self._launch(step, tag)
         t = time.perf_counter()
-        row.update(self._collect(pending, step + 1))
+        row.update(self._collect(pending, step + 1, version))
         if self._sync_futures:  # async: surface a failed sync before going on
             row.update(self._await_sync(self.actors, self._sync_futures, version))
             self._sync_futures = None

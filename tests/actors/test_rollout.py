@@ -169,6 +169,14 @@ def test_misbehaving_reward_flags_samples_and_actor_runs_on(setup):
         ray.get(actor.set_reward.remote("arithmetic"))
 
 
+def sync_model(actor, path, version):
+    """Load the weights in ``path`` as ``version``, the way a driver's sync does."""
+    model = hf_model(path)
+    buckets = list(pack_buckets(model.state_dict().items(), bucket_bytes=1 << 30))
+    manifest = build_manifest(version, buckets, model, model.config.vocab_size)
+    ray.get(actor.update_weights.remote(manifest, [ray.put(as_payload(b)) for b, _ in buckets]))
+
+
 def test_sigkill_mid_run_resumes_from_cursor_without_duplicates(setup):
     actor, queue, config = setup
     drain(queue)
@@ -187,7 +195,8 @@ def test_sigkill_mid_run_resumes_from_cursor_without_duplicates(setup):
     assert after["cursor"] == start["cursor"] + 12
 
 
-def test_prompt_longer_than_the_engine_allows_is_dropped_and_named(setup, tmp_path):
+def test_prompt_longer_than_the_engine_allows_is_dropped_and_named(setup, tmp_path,
+                                                                    tiny_model_path):
     import json
 
     from cluster.queue.actor import ReplayQueueActor
@@ -201,6 +210,11 @@ def test_prompt_longer_than_the_engine_allows_is_dropped_and_named(setup, tmp_pa
                                  "task.name=jsonl", f"task.path={path}", "task.eval_size=0"])
     queue = ReplayQueueActor.options(name="too-long-queue").remote(dataset.queue, None)
     ray.get(actor.reset.remote(dataset, "too-long-queue", str(tmp_path / "state")))
+    # A new run's engine holds no verified weights until its learner's are synced.
+    unverified = ray.get(actor.generate.remote(6))
+    assert unverified.unverified and unverified.prompts_drawn == 0
+    assert ray.get(actor.state.remote())["cursor"] == 0
+    sync_model(actor, tiny_model_path, 0)
     stats = ray.get(actor.generate.remote(6))
     assert stats.groups_dropped == {"too_long": 1}
     assert len(stats.dropped_ids["too_long"]) == 1 and stats.groups_put == 5

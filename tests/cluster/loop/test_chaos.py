@@ -120,6 +120,30 @@ def test_learner_and_an_engine_killed_during_weight_syncs(engines, tiny_model_pa
     assert set(killed) == {"learner", "rollout"}
 
 
+def test_engine_killed_while_a_step_generates(engines, tiny_model_path, tmp_path, monkeypatch):
+    """Ray restarts the engine and retries the step's generate call on it: with its initial
+    weights, so the call generates nothing and says so. The driver resyncs that engine and
+    asks again under the same request id; nothing is trained from unpublished weights."""
+    real_launch, killed = Driver._launch, []
+
+    def launch(self, step, tag):
+        pid = pid_of(self, engines, "rollout") if step == 2 and not killed else None
+        pending = real_launch(self, step, tag)
+        if pid is not None:  # the call is on its way: it runs, or is retried, after the kill
+            killed.append(pid)
+            kill(pid)
+        return pending
+
+    monkeypatch.setattr(Driver, "_launch", launch)
+    driver = Driver(load_config(None, BASE), tmp_path, tiny_model_path, engines)
+    finish_clean(driver, tmp_path, restarts=0)
+    assert killed
+    resyncs = read_rows(tmp_path / "metrics.jsonl", "rollout_resync")
+    assert [(r["actors"], r["policy_version"]) for r in resyncs] == [(1, 2)]
+    trained = read_rows(tmp_path / "ledger.jsonl", "trained")
+    assert len(trained) == STEPS  # the step went ahead once the engine was resynced
+
+
 def test_engine_killed_as_an_evaluation_starts(engines, tiny_model_path, tmp_path, monkeypatch):
     """Ray restarts the engine and retries the evaluation on it — with its initial weights.
     The driver must notice (the engine reports its version), resync and evaluate again."""
