@@ -54,12 +54,18 @@ class EngineWeights:
 
     # ------------------------------------------------------------------ one update
 
-    def begin(self, manifest: WeightManifest) -> None:
+    def begin(self, manifest: WeightManifest, mode: Optional[str] = None) -> None:
         """Start loading ``manifest.version``; the engine holds no verified version until
-        ``finish`` returns."""
+        ``finish`` returns. ``mode`` (``buckets`` or ``transfer``), when the sender says
+        which chunks follow, starts the engine's side now — while the sender is still
+        packing the first one — instead of when that chunk arrives."""
         self._manifest, self._loaded, self._next_bucket = manifest, set(), 0
-        self._mode: Optional[str] = None  # what the first chunk started: buckets or transfer
+        self._mode: Optional[str] = None  # what the update started: buckets or transfer
         self._timings = {"transfer": 0.0, "load": 0.0, "verify": 0.0}
+        if mode is not None:
+            start = time.perf_counter()
+            self._start_mode(mode)
+            self._timings["load"] += time.perf_counter() - start
 
     def pending(self) -> WeightManifest:
         """The manifest of the update in progress; ``WeightSyncError`` when there is none."""
@@ -110,6 +116,8 @@ class EngineWeights:
         self._timings["transfer"] += time.perf_counter() - start
 
     def _start_mode(self, mode: str) -> None:
+        if mode not in ("buckets", "transfer"):
+            raise WeightSyncError(f"unknown weight update mode {mode!r}: buckets or transfer")
         if self._mode is None:
             self.llm.collective_rpc("duet_begin_reload" if mode == "buckets"
                                     else "duet_transfer_start")

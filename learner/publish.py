@@ -153,7 +153,9 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
         return {}
     # Not awaited: an actor runs its calls in the order they were made, so the buckets
     # queue up behind the start; its errors surface with the first wait.
-    outstanding: deque = deque([(client.submit("start_weight_update", client.manifest), 0)])
+    # Saying "buckets" lets each engine begin its reload while the first bucket is packed.
+    outstanding: deque = deque([(client.submit("start_weight_update", client.manifest,
+                                               "buckets"), 0)])
     digests: List[str] = []
     staged = peak = total = 0
     for index, (data, _names) in enumerate(pack_buckets(iter(source), bucket_bytes)):

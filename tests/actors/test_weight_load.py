@@ -177,3 +177,38 @@ def test_routine_reload_lines_are_dropped_and_nothing_else(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "Qwen2MLP: Failed to load weights",
         "Failed to reset prefix cache because some blocks (3) are not freed yet"]
+
+
+def test_a_sender_that_names_the_mode_starts_the_engine_before_the_first_chunk():
+    """``start_weight_update(manifest, "buckets")``: the engine begins its reload at once,
+    while the learner still packs the first bucket; the bucket then only loads. Without a
+    mode the first chunk starts it, as before; an unknown mode is refused."""
+    from cluster.contract.weights import WeightManifest, WeightSyncError, digest
+
+    calls = []
+    r = receiver()
+
+    class InProcessLLM:
+        def collective_rpc(self, method, args=()):
+            calls.append(method)
+            return [getattr(r, method)(*args)]
+
+        def reset_prefix_cache(self):
+            pass
+
+    weights = EngineWeights(InProcessLLM(), engine_in_process=True)
+    data = save({"w": torch.ones(2)})
+    manifest = WeightManifest(version=5, digests=(), total_bytes=0, names=("w",))
+    weights.begin(manifest, "buckets")
+    assert calls == ["duet_begin_reload"]
+    weights.load_bucket(0, digest(data), data)
+    assert calls == ["duet_begin_reload", "duet_load_tensors"]
+
+    calls.clear()
+    weights.begin(manifest)
+    assert calls == []
+    weights.load_bucket(0, digest(data), data)
+    assert calls == ["duet_begin_reload", "duet_load_tensors"]
+
+    with pytest.raises(WeightSyncError, match="unknown weight update mode 'files'"):
+        weights.begin(manifest, "files")
