@@ -6,7 +6,8 @@ engine's worker process; it imports nothing of duet's learner (no DeepSpeed in t
 Every transport follows vLLM's own update lifecycle: begin (``initialize_layerwise_reload``),
 any number of chunks into ``model.load_weights`` (checkpoint format; a layer is processed —
 on CPU, repacked — once all its tensors arrived), finish (``finalize_layerwise_reload``).
-That is what lets weights arrive a bucket at a time, never the whole model at once.
+That is what lets weights arrive a bucket at a time, never the whole model at once. A small
+model on CPU takes a shorter road to the same result (``actors.packed_reload``).
 
 - object store (CPU and fallback): the rollout actor resolves each safetensors bucket from
   Ray's shared memory and checks its digest; with the engine core in the actor's process
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from actors.packed_reload import PackedReload
 
 # What vLLM logs on every in-place update that is not news: the rotary table is computed
 # from the config, never loaded, so its layer "fails to load" each time and keeps its
@@ -66,18 +69,30 @@ class WeightReceiver:
     def _duet_model(self):
         return self.model_runner.get_model()
 
+    def _duet_packed(self) -> Optional[PackedReload]:
+        """The small-CPU-model reload (``actors.packed_reload``), or None: built once."""
+        if not hasattr(self, "_duet_packed_reload"):
+            self._duet_packed_reload = PackedReload.build(self._duet_model())
+        return self._duet_packed_reload
+
     def duet_begin_reload(self) -> None:
-        """Start an in-place update: layers are reprocessed as their tensors complete."""
+        """Start an in-place update: on a small CPU model into stand-ins repacked at the
+        finish, otherwise with vLLM's layer-wise reload (layers are reprocessed as their
+        tensors complete)."""
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         quiet_routine_reload_logs()
-        initialize_layerwise_reload(self._duet_model())
+        packed = self._duet_packed()
+        if packed is not None:
+            packed.begin()
+        else:
+            initialize_layerwise_reload(self._duet_model())
         self._duet_spans: List[Tuple[int, int]] = []
 
     def duet_load_tensors(self, named: Sequence[Tuple[str, object]]) -> int:
         """Load (name, tensor) pairs; only when the engine shares the caller's process
         (across processes, vLLM's rpc serialisation turns tensors into lists)."""
-        self._duet_model().load_weights(iter(named))
+        self._duet_load(iter(named))
         # Where the pairs lived: the caller frees that memory, so no parameter may keep it.
         self._duet_spans.extend((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
                                 for _, t in named if t.numel())
@@ -97,14 +112,25 @@ class WeightReceiver:
                         count += 1
                         yield name, fh.get_tensor(name)
 
-        self._duet_model().load_weights(tensors())
+        self._duet_load(tensors())
         return count
+
+    def _duet_load(self, named: Iterator[Tuple[str, object]]) -> None:
+        packed = self._duet_packed()
+        if packed is not None:
+            packed.load(named)
+        else:
+            self._duet_model().load_weights(named)
 
     def duet_finish_reload(self) -> None:
         """Process what is left and check that no parameter borrows a sync buffer."""
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        finalize_layerwise_reload(self._duet_model(), self.vllm_config.model_config)
+        packed = self._duet_packed()
+        if packed is not None:
+            packed.finish()
+        else:
+            finalize_layerwise_reload(self._duet_model(), self.vllm_config.model_config)
         spans, self._duet_spans = sorted(getattr(self, "_duet_spans", [])), []
         for pname, param in self._duet_model().named_parameters():
             ptr = param.data_ptr()

@@ -129,6 +129,45 @@ def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
     check_weight_update(setup[0], tiny_model_path)
 
 
+def test_small_cpu_model_reload_matches_vllms_layerwise_reload(setup):
+    """The engine's reload for a small CPU model (``actors.packed_reload``) leaves it exactly
+    as vLLM's layer-wise reload does: the same probe log-probs, bit for bit, and the same
+    greedy completions."""
+    actor = setup[0]
+
+    def compare(worker):
+        from actors.tasks.arithmetic import ArithmeticTask
+        from cluster.contract.weights import probe_token_ids
+        from cluster.policy.embedded import build_model
+
+        llm, ids = worker.llm, probe_token_ids(worker.tokenizer.vocab_size, 24)
+        prompts = ArithmeticTask().eval_set()[:6]
+
+        def load(seed, packed):
+            if not packed:  # as where the packed reload does not apply
+                llm.collective_rpc(lambda w: setattr(w, "_duet_packed_reload", None))
+            named = [(k, v.detach().clone())
+                     for k, v in build_model(seed=seed).state_dict().items()]
+            llm.collective_rpc("duet_begin_reload")
+            llm.collective_rpc("duet_load_tensors", args=(named,))
+            llm.collective_rpc("duet_finish_reload")
+            llm.reset_prefix_cache()
+            out = worker.sample(prompts, [None] * len(prompts), 1, "greedy")[1]
+            return worker.weights.probe(ids), [list(o.outputs[0].token_ids) for o in out]
+
+        layerwise = load(11, packed=False)
+        load(12, packed=False)  # something else in between
+        llm.collective_rpc(lambda w: delattr(w, "_duet_packed_reload"))  # chosen afresh
+        packed = load(11, packed=True)
+        used = llm.collective_rpc(lambda w: w._duet_packed() is not None)
+        return layerwise, packed, used
+
+    layerwise, packed, used = ray.get(actor.__ray_call__.remote(compare))
+    assert used == [True]
+    assert packed[0] == layerwise[0]  # probe log-probs, exactly
+    assert packed[1] == layerwise[1]  # greedy completions
+
+
 def test_separate_engine_process_reloads_from_files(setup, tiny_model_path, tmp_path):
     """rollout.engine_in_process=false: the engine core runs in its own process (vLLM's
     default), so buckets cross as node-local files; same checks on a real engine."""
