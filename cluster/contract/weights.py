@@ -95,8 +95,8 @@ def digest(data) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def as_payload(data: bytes) -> np.ndarray:
-    """A bucket as a uint8 array for ``ray.put``.
+def as_payload(data) -> np.ndarray:
+    """A bucket (bytes, or the array ``pack_buckets`` gives) as a uint8 array for ``ray.put``.
 
     Ray hands numpy arrays back as read-only views of its shared-memory store, while
     ``bytes`` are copied on every ``ray.get``: on a ~400 MB model that copy alone costs
@@ -106,37 +106,65 @@ def as_payload(data: bytes) -> np.ndarray:
 
 
 def pack_buckets(named: Iterable[Tuple[str, torch.Tensor]], bucket_bytes: int = BUCKET_BYTES
-                 ) -> Iterator[Tuple[bytes, List[str]]]:
-    """Serialise (name, tensor) pairs into safetensors buckets of about ``bucket_bytes``.
+                 ) -> Iterator[Tuple[np.ndarray, List[str]]]:
+    """Serialise (name, tensor) pairs into safetensors buckets of about ``bucket_bytes``,
+    each a uint8 array (``safetensors_buffer``).
 
-    A tensor sharing storage with one already packed (tied input/output embeddings) is
-    sent again as a copy under its own name: safetensors refuses shared storage, and the
-    CPU engine keeps a separate, repacked output projection that only its own name updates.
+    A tensor sharing storage with one already packed (tied input/output embeddings) is sent
+    again under its own name: the CPU engine keeps a separate, repacked output projection
+    that only its own name updates.
     """
-    from safetensors.torch import save
-
     bucket: Dict[str, torch.Tensor] = {}
     size = 0
-    seen = set()
     for name, tensor in named:
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        tensor = tensor.detach().to("cpu").contiguous()
-        if key in seen:
-            tensor = tensor.clone()
-        seen.add(key)
-        if bucket and size + tensor.numel() * tensor.element_size() > bucket_bytes:
-            yield save(bucket), list(bucket)
+        tensor = tensor.detach().to("cpu")
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield safetensors_buffer(bucket), list(bucket)
             bucket, size = {}, 0
         bucket[name] = tensor
-        size += tensor.numel() * tensor.element_size()
+        size += nbytes
     if bucket:
-        yield save(bucket), list(bucket)
+        yield safetensors_buffer(bucket), list(bucket)
+
+
+def safetensors_buffer(tensors: Dict[str, torch.Tensor]) -> np.ndarray:
+    """``tensors`` in the safetensors format, written straight into one array: each tensor's
+    bytes are copied once (``safetensors.torch.save`` copies each two or three times, which
+    on the embedded model was most of a sync's packing). Widest dtypes first, so every
+    tensor starts aligned to its element size, as safetensors lays them out too."""
+    order = sorted(tensors, key=lambda n: -tensors[n].element_size())
+    header, offset = {}, 0
+    for name in order:
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        if t.dtype not in _CODES:
+            raise ValueError(f"tensor {name!r} is {t.dtype}, which the weight sync does not "
+                             f"carry; supported: {sorted(str(d) for d in _CODES)}")
+        header[name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    out = np.empty(8 + len(text) + offset, dtype=np.uint8)
+    out[:8] = np.frombuffer(struct.pack("<Q", len(text)), dtype=np.uint8)
+    out[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+    data = torch.from_numpy(out)
+    position = 8 + len(text)
+    for name in order:
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        if nbytes:
+            data[position:position + nbytes].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        position += nbytes
+    return out
 
 
 # safetensors dtype codes -> torch dtype names.
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
            "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
            "BOOL": "bool"}
+_CODES = {getattr(torch, name): code for code, name in _DTYPES.items()}
 
 
 def tensor_views(buffer) -> Iterator[Tuple[str, object]]:
@@ -285,7 +313,7 @@ def start_manifest(version: int, names: Sequence[str], model: torch.nn.Module, v
                           dtype=dtype, names=tuple(names))
 
 
-def build_manifest(version: int, buckets: Sequence[Tuple[bytes, List[str]]],
+def build_manifest(version: int, buckets: Sequence[Tuple[np.ndarray, List[str]]],
                    model: torch.nn.Module, vocab_size: int, dtype: str = "float32"
                    ) -> WeightManifest:
     """Digests of ``buckets`` plus a probe computed on ``model`` (the weights just packed)."""

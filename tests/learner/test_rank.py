@@ -90,7 +90,7 @@ def test_bf16_trains_and_published_weights_verify_on_a_cpu_copy(tiny_model_path,
         manifest = build_manifest(1, buckets, rank.engine.module, rank.vocab_size, "bfloat16")
     from safetensors.torch import load as load_bytes
 
-    state = {k: v for data, _ in buckets for k, v in load_bytes(data).items()}
+    state = {k: v for data, _ in buckets for k, v in load_bytes(bytes(data)).items()}
     cpu = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.bfloat16)
     cpu.load_state_dict(state)
     got = probe_logprobs(cpu.float(), manifest.probe_token_ids)
