@@ -31,7 +31,7 @@ from actors.weight_load import EngineWeights
 from cluster.contract.config import RunConfig
 from cluster.contract.schema import Group, build_batch
 from cluster.contract.threads import use_cpu_threads
-from cluster.contract.weights import WeightManifest
+from cluster.contract.weights import WeightManifest, WeightSyncError
 
 Sink = Callable[[pa.RecordBatch], object]
 
@@ -54,8 +54,14 @@ class StepStats:
     dropped_ids: Dict[str, List[str]] = field(default_factory=dict)
     """Groups dropped before the queue, by reason ('tie', 'too_long')."""
     unverified: bool = False
-    """The engine held no verified weights (Ray restarted the actor, or an update failed
-    part way), so nothing was generated: sync the weights, then ask again."""
+    """The engine held no verified weights (Ray restarted the actor, an update failed part
+    way, or the probe owed by the last update failed: ``sync_error``), so nothing was
+    generated: sync the weights, then ask again."""
+    sync_error: Optional[str] = None
+    """Why the weights loaded last failed verification, when that is why nothing was made."""
+    probe_max_abs_diff: Optional[float] = None
+    """The verification probe's largest difference for the weights these rollouts came
+    from (checked when they were loaded, or by this call)."""
 
     def drop(self, reason: str, group_id: str) -> None:
         self.dropped_ids.setdefault(reason, []).append(group_id)
@@ -119,6 +125,7 @@ class RolloutWorker:
         self.weights = EngineWeights(self.llm, config.rollout.engine_in_process)
         self.rewards: Optional[RewardPool] = None
         self.policy_version = 0
+        self.probe_max_abs_diff: Optional[float] = None  # of the weights held (None: initial)
         self.asleep, self.sleeps = False, 0
         self.assign(config, sink, state_dir)
 
@@ -177,8 +184,20 @@ class RolloutWorker:
         token_ids = token_ids or [self._encode(p.text) for p in prompts]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         params = [self.sampling_params(s, n, mode) for s in seeds]
+        # The probe the last update still owes runs first in the same call: weights are
+        # checked before anything they produced is used, at the cost of one short prompt.
+        owed = self.weights.owed_probe()
+        if owed is not None:
+            inputs, params = [owed[0]] + inputs, [owed[1]] + params
         self.wake_up()  # a colocated engine the driver left asleep still answers correctly
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        if owed is not None:
+            probe, outputs = outputs[0], outputs[1:]
+            try:
+                self.probe_max_abs_diff = self.weights.settle(probe)
+            except WeightSyncError:
+                self.policy_version = -1  # nothing these weights made may be used
+                raise
         return token_ids, outputs
 
     def score(self, prompts: Sequence[Prompt], outputs) -> Tuple[List[float], List[str]]:
@@ -265,6 +284,13 @@ class RolloutWorker:
         """
         if self.policy_version < 0:
             return StepStats(unverified=True)
+        try:
+            return self._generate(num_groups, request_id, group_size)
+        except WeightSyncError as err:  # the owed probe failed: nothing was put
+            return StepStats(unverified=True, sync_error=str(err))
+
+    def _generate(self, num_groups: int, request_id: Optional[str],
+                  group_size: Optional[int]) -> StepStats:
         stats = StepStats()
         mode = self.config.rollout.tie_handling
         budget = int(self.config.rollout.resample_budget * num_groups)
@@ -290,6 +316,7 @@ class RolloutWorker:
             self._put(kept, stats)
             self.cursor_file.advance(draw, len(kept))
             want = want - len(kept) if mode == "resample" else 0
+        stats.probe_max_abs_diff = self.probe_max_abs_diff
         return stats
 
     def _put(self, groups: List[Group], stats: StepStats) -> None:
@@ -308,7 +335,11 @@ class RolloutWorker:
     def evaluate(self, prompts: Optional[List[Prompt]] = None, k: Optional[int] = None
                  ) -> Dict[str, float]:
         """Held-out greedy accuracy and mean@k (see ``actors.evaluation``)."""
-        return evaluate(self, prompts, k)
+        try:
+            return evaluate(self, prompts, k)
+        except WeightSyncError as err:  # the owed probe failed: the engine holds no version
+            return {"accuracy": float("nan"), "mean_at_k": float("nan"), "k": 0, "n": 0,
+                    "policy_version": self.policy_version, "error": str(err)}
 
     def update_weights(self, manifest: WeightManifest, payload: Sequence[object]
                        ) -> Dict[str, float]:
@@ -317,6 +348,7 @@ class RolloutWorker:
         self.wake_up()
         timings = self.weights.update(manifest, [memoryview(b) for b in payload])
         self.policy_version = manifest.version
+        self.probe_max_abs_diff = timings["probe_max_abs_diff"]
         return timings
 
     # The streamed update, the calls a learner's sender makes (``learner.publish``).
@@ -340,11 +372,14 @@ class RolloutWorker:
         """One chunk through vLLM's transfer engine."""
         self.weights.receive(update_info)
 
-    def finish_weight_update(self) -> Dict[str, float]:
-        """Check that every tensor arrived, verify by probe; returns phase timings."""
+    def finish_weight_update(self, verify: bool = True) -> Dict[str, float]:
+        """Check that every tensor arrived, verify by probe; returns phase timings.
+        ``verify=False``: the probe runs in the next engine call instead (``sample``), which
+        refuses to hand out anything these weights made unless it passes."""
         manifest = self.weights.pending()
-        timings = self.weights.finish()
+        timings = self.weights.finish(verify)
         self.policy_version = manifest.version
+        self.probe_max_abs_diff = timings.get("probe_max_abs_diff")
         return timings
 
     def sleep(self) -> None:

@@ -6,7 +6,10 @@ the engine without a verified version (its actor reports -1) until a whole updat
 ``update`` (every bucket in hand) checks all digests first and leaves the old weights in
 place instead. After the load, the manifest's probe runs through the engine
 (``prompt_logprobs``) and must match the learner's log-probs within the tolerance: a wrong
-load is an error, never a silent divergence.
+load is an error, never a silent divergence. The probe runs at the finish, or — when the
+sender asks (``finish(verify=False)``) — inside the engine's next ``generate`` call, beside
+the rollouts, instead of as an engine call of its own (``owed_probe``/``settle``); either
+way no sample from unverified weights leaves the engine.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class EngineWeights:
         self._loaded: Set[str] = set()
         self._next_bucket = 0
         self.backend: Optional[str] = None
+        self._owed: Optional[WeightManifest] = None  # loaded weights whose probe is due
 
     # ------------------------------------------------------------------ one update
 
@@ -60,6 +64,7 @@ class EngineWeights:
         which chunks follow, starts the engine's side now — while the sender is still
         packing the first one — instead of when that chunk arrives."""
         self._manifest, self._loaded, self._next_bucket = manifest, set(), 0
+        self._owed = None  # the weights it was owed for are being replaced
         self._mode: Optional[str] = None  # what the update started: buckets or transfer
         self._timings = {"transfer": 0.0, "load": 0.0, "verify": 0.0}
         if mode is not None:
@@ -125,8 +130,10 @@ class EngineWeights:
         elif self._mode != mode:
             raise WeightSyncError(f"an update mixing {self._mode} and {mode} chunks")
 
-    def finish(self) -> Dict[str, float]:
-        """Finish loading, check completeness, verify by probe; returns phase timings."""
+    def finish(self, verify: bool = True) -> Dict[str, float]:
+        """Finish loading, check completeness, verify by probe; returns phase timings.
+        ``verify=False``: the probe is owed instead, and runs in the engine's next call
+        (``owed_probe``); the timings then carry no probe difference."""
         manifest = self.pending()
         self._manifest = None
         start = time.perf_counter()
@@ -141,6 +148,10 @@ class EngineWeights:
         # Cached prefixes hold keys/values computed by the old weights.
         self.llm.reset_prefix_cache()
         self._timings["load"] += time.perf_counter() - start
+        if not verify:
+            self._require_probe(manifest)
+            self._owed = manifest
+            return dict(self._timings)
         start = time.perf_counter()
         self._timings["probe_max_abs_diff"] = self.verify(manifest)
         self._timings["verify"] = time.perf_counter() - start
@@ -185,22 +196,50 @@ class EngineWeights:
 
     def probe(self, token_ids: Sequence[int]) -> List[float]:
         """Engine log-probs of token_ids[1:] given their prefixes (prompt_logprobs)."""
+        prompt, params = self._probe_request(token_ids)
+        out = self.llm.generate([prompt], params, use_tqdm=False)[0]
+        return self._read_probe(out, token_ids)
+
+    @staticmethod
+    def _probe_request(token_ids: Sequence[int]):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params,
-                                use_tqdm=False)[0]
+        return (TokensPrompt(prompt_token_ids=list(token_ids)),
+                SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0))
+
+    @staticmethod
+    def _read_probe(out, token_ids: Sequence[int]) -> List[float]:
         return [lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
 
     def verify(self, manifest: WeightManifest) -> float:
         """Largest probe difference; ``WeightSyncError`` naming the version beyond tolerance,
         or when there is no probe (unverified weights are never reported as loaded)."""
+        self._require_probe(manifest)
+        return self._compare(manifest, self.probe(manifest.probe_token_ids))
+
+    def owed_probe(self):
+        """(prompt, sampling params) of the probe the loaded weights still owe, for the
+        caller's next ``generate`` call to carry first; None when none is owed."""
+        return None if self._owed is None else self._probe_request(self._owed.probe_token_ids)
+
+    def settle(self, out) -> float:
+        """Check the owed probe's engine output (``owed_probe``'s request); its largest
+        difference, or ``WeightSyncError`` naming the version."""
+        manifest, self._owed = self._owed, None
+        if manifest is None:
+            raise WeightSyncError("no probe is owed: nothing to settle")
+        return self._compare(manifest, self._read_probe(out, manifest.probe_token_ids))
+
+    @staticmethod
+    def _require_probe(manifest: WeightManifest) -> None:
         if not manifest.probe_token_ids:
             raise WeightSyncError(f"policy version {manifest.version}: the manifest carries "
                                   "no probe, so the weights cannot be verified")
+
+    @staticmethod
+    def _compare(manifest: WeightManifest, got: Sequence[float]) -> float:
         try:
-            return compare_probe(manifest.probe_logprobs, self.probe(manifest.probe_token_ids),
-                                 PROBE_TOLERANCE[manifest.dtype])
+            return compare_probe(manifest.probe_logprobs, got, PROBE_TOLERANCE[manifest.dtype])
         except WeightSyncError as err:
             raise WeightSyncError(f"policy version {manifest.version}: {err}") from None

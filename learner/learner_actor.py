@@ -66,10 +66,13 @@ class LearnerGroup:
         return combine_metrics(ray.get(futures)) if wait else futures
 
     def send_weights(self, version: int, actors: list, bucket_bytes: int = BUCKET_BYTES,
-                     wait: bool = True):
+                     wait: bool = True, verify: bool = True):
         """Send the weights to ``actors`` (``LearnerRank.send_weights``): rank 0's report,
-        or with ``wait=False`` the ranks' futures (``ray.get(futures)[0]`` is the report)."""
-        futures = [r.send_weights.remote(version, actors, bucket_bytes) for r in self.ranks]
+        or with ``wait=False`` the ranks' futures (``ray.get(futures)[0]`` is the report).
+        ``verify=False``: each engine checks the probe in its next call, not before
+        answering (the training loop's own syncs)."""
+        futures = [r.send_weights.remote(version, actors, bucket_bytes, verify)
+                   for r in self.ranks]
         return ray.get(futures)[0] if wait else futures
 
     def kill(self) -> None:

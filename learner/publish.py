@@ -87,11 +87,14 @@ class EngineClient:
     def __init__(self, actors: Sequence[Any], backend: str, strict: bool) -> None:
         self.actors, self.backend, self.strict = list(actors), backend, strict
         self.manifest: Optional[WeightManifest] = None
+        self.verify = True
         self.errors: Dict[int, BaseException] = {}
         self.timings: Dict[int, Dict[str, float]] = {}
 
-    def reset(self, manifest: WeightManifest) -> None:
-        self.manifest, self.errors, self.timings = manifest, {}, {}
+    def reset(self, manifest: WeightManifest, verify: bool = True) -> None:
+        """A new update: ``verify`` False lets each engine run the probe in its next call
+        rather than at the finish (``RolloutWorker.finish_weight_update``)."""
+        self.manifest, self.verify, self.errors, self.timings = manifest, verify, {}, {}
 
     def _live(self) -> List[Tuple[int, Any]]:
         return [(i, a) for i, a in enumerate(self.actors) if i not in self.errors]
@@ -134,7 +137,7 @@ class EngineClient:
         self.wait(self.submit("transfer_update", update_info))
 
     def finish_weight_update(self, weight_version: Optional[str] = None) -> None:
-        self.timings.update(self.wait(self.submit("finish_weight_update")))
+        self.timings.update(self.wait(self.submit("finish_weight_update", self.verify)))
 
 
 def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_bytes: int
@@ -173,7 +176,7 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
             client.wait(futures)
             staged -= size
     # The finish queues behind the last loads at once: its answer is the only wait left.
-    finish = client.submit("finish_weight_update")
+    finish = client.submit("finish_weight_update", client.verify)
     for futures, _ in outstanding:
         client.wait(futures)
     client.timings.update(client.wait(finish))

@@ -260,11 +260,13 @@ class LearnerRank:
     # ------------------------------------------------------------------ weights
 
     def send_weights(self, version: int, actors: Sequence[object],
-                     bucket_bytes: int = BUCKET_BYTES) -> Optional[Dict[str, object]]:
+                     bucket_bytes: int = BUCKET_BYTES, verify: bool = True
+                     ) -> Optional[Dict[str, object]]:
         """Send the current weights to the rollout ``actors`` over the configured transport
         (``learner.publish``). A collective: every rank calls it, rank 0 drives the engines
         and returns the manifest, each actor's timings, the actors that failed (by index,
-        with the reason) and the transport's figures."""
+        with the reason) and the transport's figures. ``verify=False``: each engine runs
+        the probe in its next call instead of before answering."""
         start = time.perf_counter()
         zero3 = self.engine.zero_optimization_stage() == 3
         source = LearnerWeights(self.engine.module, zero3)
@@ -280,13 +282,13 @@ class LearnerRank:
         if transport == "object_store":
             client = EngineClient(actors, transport, strict=False) if self.rank == 0 else None
             if client is not None:
-                client.reset(manifest)
+                client.reset(manifest, verify)
             sent = send_buckets(source, client, bucket_bytes)
         else:
             sender = self._vllm_sender(transport, source, actors, bucket_bytes)
             client = sender.client
             if client is not None:
-                client.reset(manifest)
+                client.reset(manifest, verify)
             sent = sender.send()
         if self.rank != 0:
             return None

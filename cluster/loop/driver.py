@@ -181,8 +181,10 @@ class Driver:
         timings = list(per_actor.values())
         row = {"sync_send_s": report["seconds"],
                "sync_bytes": float(report["manifest"].total_bytes),
-               "sync_staged_bytes": float(report["peak_staged_bytes"]),
-               "probe_max_abs_diff": max(t["probe_max_abs_diff"] for t in timings)}
+               "sync_staged_bytes": float(report["peak_staged_bytes"])}
+        probed = [t["probe_max_abs_diff"] for t in timings if "probe_max_abs_diff" in t]
+        if probed:  # verified now (otherwise by each engine's next call: ``_generated``)
+            row["probe_max_abs_diff"] = max(probed)
         for phase in ("transfer", "load", "verify"):
             row[f"sync_{phase}_s"] = max(t[phase] for t in timings)
         return row
@@ -216,14 +218,20 @@ class Driver:
 
     def _generated(self, pending, version: int) -> list:
         """Each launched generation's stats. An engine without verified weights (Ray
-        restarted it, or its update failed part way) generated nothing: it is sent
-        ``version`` and asked again under the same request id, so no round trip checks the
-        engines before each step."""
+        restarted it, its update failed part way, or the probe its last update owed failed
+        in this call) generated nothing: it is sent ``version`` again, verified before the
+        answer, and asked again under the same request id. So no round trip checks the
+        engines before each step, and none verifies their weights after each sync."""
         stats = ray.get([future for *_, future in pending])
         for _ in range(MAX_RESYNCS):
             stale = [i for i, s in enumerate(stats) if s.unverified]
             if not stale:
                 return stats
+            for i in stale:
+                if stats[i].sync_error:
+                    self.log.write("sync_retry", policy_version=version,
+                                   actor=self.actors.index(pending[i][0]),
+                                   error=f"WeightSyncError: {stats[i].sync_error}"[:500])
             actors = [pending[i][0] for i in stale]
             self._await_sync(actors, self.learner.send_weights(version, actors, wait=False),
                              version)
@@ -246,6 +254,9 @@ class Driver:
                "groups_put": float(sum(s.groups_put for s in stats)),
                "groups_tied": float(sum(s.groups_tied for s in stats)),
                "reward_flags": float(sum(s.reward_flags for s in stats))}
+        probed = [s.probe_max_abs_diff for s in stats if s.probe_max_abs_diff is not None]
+        if probed:  # of the weights these rollouts came from
+            out["probe_max_abs_diff"] = max(probed)
         for s in stats:
             if s.group_ids:
                 self.ledger.write("produced", step=step, group_ids=s.group_ids)
@@ -396,8 +407,11 @@ class Driver:
                 ray.get([a.sleep.remote() for a in self.actors])
             trained = self.learner.train_step(batch, wait=False)
             version += 1
-            # Queued behind the step: the ranks send its weights as soon as it is done.
-            sync = self.learner.send_weights(version, list(self.actors), wait=False)
+            # Queued behind the step: the ranks send its weights as soon as it is done. Each
+            # engine checks them by probe in its next generate call, before any sample
+            # leaves it (``_generated``), not as an engine call of its own.
+            sync = self.learner.send_weights(version, list(self.actors), wait=False,
+                                             verify=False)
             metrics = combine_metrics(ray.get(trained))
             self.ledger.write("trained", step=step + 1, attempt=tag,
                               group_ids=batch.column("group_id").to_pylist())

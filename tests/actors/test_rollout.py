@@ -129,6 +129,49 @@ def test_weight_update_then_greedy_matches_transformers(setup, tiny_model_path):
     check_weight_update(setup[0], tiny_model_path)
 
 
+def test_a_probe_left_to_the_next_call_checks_the_weights_before_any_sample_leaves(
+        setup, tiny_model_path):
+    """``finish_weight_update(verify=False)``: the probe runs inside the engine's next
+    generate call. Weights that fail it produce nothing — the call says why, the engine then
+    holds no version — and weights that pass it report the probe with their rollouts."""
+    import dataclasses
+
+    actor, queue, _ = setup
+    drain(queue)
+    model = hf_model(tiny_model_path)
+    buckets = list(pack_buckets(model.state_dict().items(), bucket_bytes=200_000))
+    version = ray.get(actor.state.remote())["policy_version"] + 1
+
+    def stream(manifest):
+        ray.get(actor.start_weight_update.remote(manifest, "buckets"))
+        for i, (data, _) in enumerate(buckets):
+            ray.get(actor.load_bucket.remote(i, manifest.digests[i], [ray.put(as_payload(data))]))
+        return ray.get(actor.finish_weight_update.remote(False))
+
+    honest = build_manifest(version, buckets, model, model.config.vocab_size)
+    lying = dataclasses.replace(honest, probe_logprobs=tuple(x - 1.0
+                                                             for x in honest.probe_logprobs))
+    timings = stream(lying)
+    assert "probe_max_abs_diff" not in timings  # not checked yet
+    assert ray.get(actor.state.remote())["policy_version"] == version
+    stats = ray.get(actor.generate.remote(2))
+    assert stats.unverified and stats.groups_put == 0 and stats.prompts_drawn == 0
+    assert f"policy version {version}" in stats.sync_error
+    assert "failed verification" in stats.sync_error
+    assert ray.get(actor.state.remote())["policy_version"] == -1
+    assert drain(queue).offsets == []
+    stream(lying)  # an evaluation is the next call: it says the same
+    result = ray.get(actor.evaluate.remote())
+    assert result["policy_version"] == -1 and "failed verification" in result["error"]
+
+    stream(honest)
+    stats = ray.get(actor.generate.remote(2))
+    assert not stats.unverified and stats.groups_put == 2
+    assert stats.probe_max_abs_diff is not None and stats.probe_max_abs_diff < 2e-3
+    assert ray.get(actor.state.remote())["policy_version"] == version
+    drain(queue)
+
+
 def test_small_cpu_model_reload_matches_vllms_layerwise_reload(setup):
     """The engine's reload for a small CPU model (``actors.packed_reload``) leaves it exactly
     as vLLM's layer-wise reload does: the same probe log-probs, bit for bit, and the same

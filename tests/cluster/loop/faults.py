@@ -27,3 +27,27 @@ class CorruptingRank(LearnerRank):
             return super().send_weights(version, actors, *args)
         finally:
             publish.as_payload = real
+
+
+class LyingRank(LearnerRank):
+    """From policy version 1 on, every manifest this rank sends claims probe log-probs 1.0
+    lower than its weights give: what an engine that loaded the wrong weights would see."""
+
+    def send_weights(self, version, actors, *args):
+        import dataclasses
+
+        import learner.rank as rank
+
+        real = rank.start_manifest
+
+        def lying(*a, **k):
+            manifest = real(*a, **k)
+            return dataclasses.replace(manifest, probe_logprobs=tuple(
+                x - 1.0 for x in manifest.probe_logprobs))
+
+        if version >= 1:
+            rank.start_manifest = lying
+        try:
+            return super().send_weights(version, actors, *args)
+        finally:
+            rank.start_manifest = real

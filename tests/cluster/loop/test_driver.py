@@ -177,6 +177,30 @@ def test_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(
     assert report.ok, report.text()
 
 
+def test_weights_that_fail_the_probe_in_the_next_generate_are_never_trained_on(
+        engines, tiny_model_path, tmp_path, monkeypatch):
+    """A step's sync leaves its probe to each engine's next generate call. When the probe
+    fails there, that call hands out nothing; the driver resends the version verified
+    before the answer, and when that fails too the run stops, naming version and cause,
+    without a step trained on what the bad weights produced."""
+    from learner import learner_actor
+    from tests.cluster.loop.faults import LyingRank
+
+    monkeypatch.setattr(learner_actor, "LearnerActor",
+                        ray.remote(num_cpus=1, max_restarts=0)(LyingRank))
+    driver = Driver(load_config(None, BASE + ["steps=3"]), tmp_path, tiny_model_path, engines)
+    with pytest.raises(RunFailed) as err:
+        driver.run()
+    driver.learner.kill()
+    ray.kill(driver.queue)
+    assert "weights of policy version 1 failed verification twice" in str(err.value)
+    retries = read_rows(tmp_path / "metrics.jsonl", "sync_retry")
+    assert [r["policy_version"] for r in retries] == [1, 1]
+    assert all("probe log-probs differ" in r["error"] for r in retries)
+    assert [r["step"] for r in read_rows(tmp_path / "ledger.jsonl", "trained")] == [1]
+    assert [r["step"] for r in read_rows(tmp_path / "ledger.jsonl", "produced")] == [1]
+
+
 def test_a_sync_that_fails_verification_twice_stops_the_run_naming_version_and_cause(
         engines, tiny_model_path, tmp_path, monkeypatch):
     """Every bucket sent after the initial weights arrives corrupted (one byte flipped
