@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import List
 
 import psutil
 import pytest
@@ -21,14 +22,23 @@ from cluster.tools.submit import submit_command
 REPO = Path(__file__).resolve().parents[3]
 
 
-def free_port() -> int:
-    """A free loopback port outside Ray's default worker range (10002-19999)."""
-    while True:
-        with socket.socket() as s:
+def free_ports(count: int) -> List[int]:
+    """``count`` distinct free loopback ports outside Ray's default worker range
+    (10002-19999). Every socket stays bound until all are chosen: one released at once
+    can be handed out again, and two Ray components given the same port fail to start."""
+    held: List[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket()
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not 10002 <= port <= 19999:
-            return port
+            if 10002 <= s.getsockname()[1] <= 19999:
+                s.close()
+                continue
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def test_submit_builds_the_ray_job_command(monkeypatch):
@@ -71,14 +81,15 @@ def test_ray_job_submit_runs_the_tiny_job(tiny_model_path, tmp_path):
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
     env.pop("RAY_ADDRESS", None)
     temp_dir = f"/tmp/dj-{uuid.uuid4().hex[:8]}"  # short: Ray puts unix sockets in it
-    gcs, dashboard = free_port(), free_port()
+    flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
+             "object-manager-port", "ray-client-server-port")
+    gcs, dashboard, dash_metrics, autoscaler_metrics, *rest = free_ports(len(flags) + 4)
     # Every port away from Ray's defaults: the test session's own Ray instance holds them
     # (a second dashboard agent on 52365 fails, and the job API then refuses every job).
-    ports = {flag: free_port() for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "node-manager-port", "object-manager-port",
-        "ray-client-server-port")}
-    env.update(DASHBOARD_METRIC_PORT=str(free_port()), AUTOSCALER_METRIC_PORT=str(free_port()))
+    ports = dict(zip(flags, rest))
+    env.update(DASHBOARD_METRIC_PORT=str(dash_metrics),
+               AUTOSCALER_METRIC_PORT=str(autoscaler_metrics))
     subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                     *[f"--{flag}={port}" for flag, port in ports.items()],
