@@ -7,47 +7,55 @@ import numpy as np
 from learner.rank import LearnerRank
 
 
-class CorruptingRank(LearnerRank):
-    """From policy version 1 on, every bucket this rank puts in the object store has one
-    byte flipped after its digest was taken: what a torn transfer looks like to an engine."""
+class FaultyRank(LearnerRank):
+    """A rank that, from policy version 1 on, sends its weights with ``module.name``
+    replaced by ``fault(real)`` (subclasses say which)."""
+
+    def fault(self):
+        raise NotImplementedError
 
     def send_weights(self, version, actors, *args):
-        import learner.publish as publish
-
-        real = publish.as_payload
-
-        def flipped(data):
-            bad = bytearray(data)
-            bad[len(bad) // 2] ^= 0xFF
-            return np.frombuffer(bytes(bad), dtype=np.uint8)
-
+        module, name, replacement = self.fault()
+        real = getattr(module, name)
         if version >= 1:
-            publish.as_payload = flipped
+            setattr(module, name, replacement(real))
         try:
             return super().send_weights(version, actors, *args)
         finally:
-            publish.as_payload = real
+            setattr(module, name, real)
 
 
-class LyingRank(LearnerRank):
+class CorruptingRank(FaultyRank):
+    """From policy version 1 on, every bucket this rank puts in the object store has one
+    byte flipped after its digest was taken: what a torn transfer looks like to an engine."""
+
+    def fault(self):
+        import learner.publish as publish
+
+        def flipped(real):
+            def payload(data):
+                bad = bytearray(data)
+                bad[len(bad) // 2] ^= 0xFF
+                return np.frombuffer(bytes(bad), dtype=np.uint8)
+            return payload
+
+        return publish, "as_payload", flipped
+
+
+class LyingRank(FaultyRank):
     """From policy version 1 on, every manifest this rank sends claims probe log-probs 1.0
     lower than its weights give: what an engine that loaded the wrong weights would see."""
 
-    def send_weights(self, version, actors, *args):
+    def fault(self):
         import dataclasses
 
         import learner.rank as rank
 
-        real = rank.start_manifest
+        def lying(real):
+            def manifest(*a, **k):
+                m = real(*a, **k)
+                return dataclasses.replace(m, probe_logprobs=tuple(
+                    x - 1.0 for x in m.probe_logprobs))
+            return manifest
 
-        def lying(*a, **k):
-            manifest = real(*a, **k)
-            return dataclasses.replace(manifest, probe_logprobs=tuple(
-                x - 1.0 for x in manifest.probe_logprobs))
-
-        if version >= 1:
-            rank.start_manifest = lying
-        try:
-            return super().send_weights(version, actors, *args)
-        finally:
-            rank.start_manifest = real
+        return rank, "start_manifest", lying

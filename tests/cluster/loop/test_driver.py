@@ -177,22 +177,29 @@ def test_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous(
     assert report.ok, report.text()
 
 
+def run_until_it_fails(rank_class, engines, model_path, tmp_path, monkeypatch):
+    """A three-step run whose learner ranks are ``rank_class``: the ``RunFailed`` it ends in."""
+    from learner import learner_actor
+
+    monkeypatch.setattr(learner_actor, "LearnerActor",
+                        ray.remote(num_cpus=1, max_restarts=0)(rank_class))
+    driver = Driver(load_config(None, BASE + ["steps=3"]), tmp_path, model_path, engines)
+    with pytest.raises(RunFailed) as err:
+        driver.run()
+    driver.learner.kill()
+    ray.kill(driver.queue)
+    return err
+
+
 def test_weights_that_fail_the_probe_in_the_next_generate_are_never_trained_on(
         engines, tiny_model_path, tmp_path, monkeypatch):
     """A step's sync leaves its probe to each engine's next generate call. When the probe
     fails there, that call hands out nothing; the driver resends the version verified
     before the answer, and when that fails too the run stops, naming version and cause,
     without a step trained on what the bad weights produced."""
-    from learner import learner_actor
     from tests.cluster.loop.faults import LyingRank
 
-    monkeypatch.setattr(learner_actor, "LearnerActor",
-                        ray.remote(num_cpus=1, max_restarts=0)(LyingRank))
-    driver = Driver(load_config(None, BASE + ["steps=3"]), tmp_path, tiny_model_path, engines)
-    with pytest.raises(RunFailed) as err:
-        driver.run()
-    driver.learner.kill()
-    ray.kill(driver.queue)
+    err = run_until_it_fails(LyingRank, engines, tiny_model_path, tmp_path, monkeypatch)
     assert "weights of policy version 1 failed verification twice" in str(err.value)
     retries = read_rows(tmp_path / "metrics.jsonl", "sync_retry")
     assert [r["policy_version"] for r in retries] == [1, 1]
@@ -206,16 +213,9 @@ def test_a_sync_that_fails_verification_twice_stops_the_run_naming_version_and_c
     """Every bucket sent after the initial weights arrives corrupted (one byte flipped
     after its digest was taken): the engines refuse it, the driver resends once, then stops
     with the reason."""
-    from learner import learner_actor
     from tests.cluster.loop.faults import CorruptingRank
 
-    monkeypatch.setattr(learner_actor, "LearnerActor",
-                        ray.remote(num_cpus=1, max_restarts=0)(CorruptingRank))
-    driver = Driver(load_config(None, BASE + ["steps=3"]), tmp_path, tiny_model_path, engines)
-    with pytest.raises(RunFailed) as err:
-        driver.run()
-    driver.learner.kill()
-    ray.kill(driver.queue)
+    err = run_until_it_fails(CorruptingRank, engines, tiny_model_path, tmp_path, monkeypatch)
     assert ("weights of policy version 1 failed verification twice on rollout actor 0"
             in str(err.value))
     assert "bucket 0 is corrupted" in str(err.value) and "Traceback" not in str(err.value)
