@@ -7,12 +7,29 @@ and given as a ratio; absolute numbers are printed beside it for context only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Dict, List
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder for a benchmark's models, runs and checkpoints, removed when the
+    process exits (a ~100M floor run writes gigabytes of checkpoints; repeated runs must not
+    fill the disk). ``DUET_KEEP_SCRATCH=1`` keeps it for inspection, and says where."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.environ.get("DUET_KEEP_SCRATCH", "") not in ("", "0"):
+        atexit.register(lambda: print(f"scratch kept in {path}", file=sys.stderr))
+    else:
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> List[float]:

@@ -23,13 +23,12 @@ verified weight sync) on shared engines, one after the other, per seed:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import ray
 
-from benchmarks.common import emit, machine, parser, summary
+from benchmarks.common import emit, machine, parser, scratch_dir, summary
 from cluster.contract.config import load_config
 from cluster.loop.run_log import read_rows
 
@@ -226,7 +225,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    out = Path(tempfile.mkdtemp(prefix="duet-bench-e2e-"))
+    out = scratch_dir("duet-bench-e2e-")
     seeds = list(range(1 if args.quick else max(2, min(args.repeats, 3))))
     rows = bench_tiny(out, seeds, 20 if args.quick else args.steps, args.target)["rows"]
     rows += bench_equal_epochs(out, seeds, 128 if args.quick else args.fixed_set)["rows"]

@@ -27,12 +27,11 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
 
-from benchmarks.common import emit, machine, parser, summary
+from benchmarks.common import emit, machine, parser, scratch_dir, summary
 from cluster.contract.config import RunConfig, load_config, node_cores, replace
 
 PHASES = ("generate", "reward", "queue", "train", "sync", "other")
@@ -205,7 +204,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     ray.init(num_cpus=max(2, node_cores()), include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    out = Path(tempfile.mkdtemp(prefix="duet-bench-floor-"))
+    out = scratch_dir("duet-bench-floor-")
     repeats = 1 if args.quick else max(3, args.repeats)
     rows = [bench_model(size, min(repeats, size["max_repeats"] or repeats), out)
             for size in sizes(args.quick) if args.only is None or args.only in str(size["name"])]

@@ -25,12 +25,11 @@ from __future__ import annotations
 import multiprocessing
 import resource
 import sys
-import tempfile
 from typing import Dict, List
 
 import ray
 
-from benchmarks.common import emit, machine, parser, ratio_summary, summary
+from benchmarks.common import emit, machine, parser, ratio_summary, scratch_dir, summary
 from benchmarks.learner_loops import duet_step, make_batch
 from benchmarks.rollout import MODEL_100M
 from cluster.contract.config import load_config
@@ -130,7 +129,7 @@ def throughput(name: str, model_path: str, shape: Dict[str, int], repeats: int
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    tmp = tempfile.mkdtemp(prefix="duet-bench-learner-")
+    tmp = str(scratch_dir("duet-bench-learner-"))
     results: Dict[str, object] = {"benchmark": "learner", "machine": machine(), "rows": []}
     vocab = build_tokenizer().vocab_size
 

@@ -18,13 +18,12 @@ bf16 TFLOP/s: ``duet plan --train-mfu``, 35% by assumption); peak GPU memory.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Dict, List
 
 import torch
 
-from benchmarks.common import emit, machine, parser, ratio_summary, summary
+from benchmarks.common import emit, machine, parser, ratio_summary, scratch_dir, summary
 from benchmarks.learner_loops import duet_step, make_batch, raw_step
 from cluster.contract.config import load_config
 from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
@@ -43,7 +42,7 @@ def main() -> None:
     quick = args.quick
     spec, vocab = (TinyModelSpec(), None) if quick else (QWEN_1_5B, QWEN_VOCAB)
     rollouts, prompt, completion = (16, 16, 32) if quick else (32, 128, 512)
-    tmp = tempfile.mkdtemp(prefix="duet-bench-learner-gpu-")
+    tmp = str(scratch_dir("duet-bench-learner-gpu-"))
     start = time.perf_counter()
     model = build_model(spec, vocab_size=vocab)
     params = sum(t.numel() for t in model.parameters())

@@ -25,12 +25,11 @@ import cProfile
 import os
 import pstats
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from benchmarks.common import emit, machine, parser
+from benchmarks.common import emit, machine, parser, scratch_dir
 from cluster.contract.config import load_config
 
 TOP = 8
@@ -94,7 +93,7 @@ def main() -> None:
     from learner.publish import LearnerWeights
     from learner.rank import LearnerRank
 
-    tmp = Path(tempfile.mkdtemp(prefix="duet-bench-profile-"))
+    tmp = scratch_dir("duet-bench-profile-")
     model = str(save_model_folder(build_model(), build_tokenizer(), tmp / "tiny"))
     config = load_config(None, [
         "model.max_model_len=64", "rollout.max_new_tokens=32", "rollout.min_new_tokens=32",

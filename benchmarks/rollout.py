@@ -17,14 +17,13 @@ tiny model and a ~100M-parameter model of the same architecture.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Dict, List
 
 import numpy as np
 import ray
 
-from benchmarks.common import emit, machine, parser, ratio_summary, summary
+from benchmarks.common import emit, machine, parser, ratio_summary, scratch_dir, summary
 from cluster.contract.config import load_config
 from cluster.contract.weights import as_payload, build_manifest, pack_buckets
 from cluster.policy.embedded import TinyModelSpec, build_model, build_tokenizer, save_model_folder
@@ -133,7 +132,7 @@ def main() -> None:
     from cluster.contract.config import QueueConfig
     from cluster.queue.actor import ReplayQueueActor
 
-    tmp = tempfile.mkdtemp(prefix="duet-bench-rollout-")
+    tmp = str(scratch_dir("duet-bench-rollout-"))
     Bench = bench_actor_class()
     rows: List[Dict[str, object]] = []
     specs = [(TinyModelSpec(), "tiny model")] + ([] if args.quick else [(MODEL_100M, "~100M")])

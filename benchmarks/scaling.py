@@ -18,14 +18,13 @@ Run: ``python -m benchmarks.scaling --json``
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import ray
 
-from benchmarks.common import emit, machine, parser, ratio_summary, summary
+from benchmarks.common import emit, machine, parser, ratio_summary, scratch_dir, summary
 from cluster.contract.config import load_config
 from cluster.loop.run_log import read_rows
 
@@ -131,7 +130,7 @@ def main() -> None:
     p.add_argument("--multinode-only", action="store_true", help="only the two-node run")
     args = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    out = Path(tempfile.mkdtemp(prefix="duet-bench-scaling-"))
+    out = scratch_dir("duet-bench-scaling-")
     model = tiny_model(out / "model")
     rows: List[Dict[str, object]] = []
     if not args.multinode_only:

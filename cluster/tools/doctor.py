@@ -15,6 +15,7 @@ and training tokens/s and the sync's GB/s, a first sense of the cluster's speed.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -211,6 +212,7 @@ class Doctor:
             stop_rollouts(self.engines)
         if self.queue is not None:
             ray.kill(self.queue)
+        shutil.rmtree(self.out, ignore_errors=True)  # the report says what was found
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")

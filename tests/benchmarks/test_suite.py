@@ -51,3 +51,26 @@ def test_the_results_are_found_after_engine_logs_with_braces_of_their_own():
     assert last_json('{\n  "benchmark": "queue"\n}\n') == {"benchmark": "queue"}
     with pytest.raises(ValueError, match="no JSON document"):
         last_json("INFO only logs {x}\n")
+
+
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_a_benchmarks_scratch_folder_is_removed_at_exit_unless_asked_to_keep_it(tmp_path, keep):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from benchmarks.common import scratch_dir\n"
+              "path = scratch_dir('duet-bench-test-')\n"
+              "(path / 'checkpoint').write_bytes(b'x' * 1024)\n"
+              "print(path)\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path), "DUET_KEEP_SCRATCH": keep}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).parents[2])
+    path = done.stdout.strip()
+    assert path.startswith(str(tmp_path))
+    if keep:
+        assert os.path.exists(os.path.join(path, "checkpoint"))
+        assert f"scratch kept in {path}" in done.stderr
+    else:
+        assert not os.path.exists(path)

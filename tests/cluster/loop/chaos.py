@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -132,8 +133,11 @@ def main() -> None:
                 print(f"seed {seed:>3}: FAILED: {type(err).__name__}: {err}", flush=True)
     finally:
         stop_rollouts(engines)
+    kept = "" if clean == len(seeds) else f" (runs kept in {out})"
     print(f"chaos: {clean}/{len(seeds)} seeds survived and audited clean in "
-          f"{time.perf_counter() - start:.0f} s (runs in {out})", flush=True)
+          f"{time.perf_counter() - start:.0f} s{kept}", flush=True)
+    if not kept:  # a clean sweep's runs hold nothing to read; a failed one's are evidence
+        shutil.rmtree(out, ignore_errors=True)
     raise SystemExit(0 if clean == len(seeds) else 1)
 
 

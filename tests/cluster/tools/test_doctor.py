@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,10 @@ pytestmark = pytest.mark.slow
 def doctor(*overrides):
     return subprocess.run([sys.executable, "-m", "cluster.cli", "doctor", *overrides],
                           capture_output=True, text=True, timeout=900)
+
+
+def doctor_folders():
+    return set(Path(tempfile.gettempdir()).glob("duet-doctor-*"))
 
 
 def table_rows(stdout):
@@ -47,6 +53,7 @@ def test_a_gpu_transport_without_cuda_is_named_with_the_fix():
 
 
 def test_a_broken_check_fails_with_its_reason_and_skips_the_rest():
+    before = doctor_folders()
     out = doctor("rollout.kv_cache_gib=100000")  # more KV cache than this machine has
     assert out.returncode == 1
     rows = table_rows(out.stdout)
@@ -54,6 +61,7 @@ def test_a_broken_check_fails_with_its_reason_and_skips_the_rest():
     assert all(rows[name] == "skipped" for name in CHECKS[CHECKS.index("engine start") + 1:])
     assert "duet doctor: failed at engine start: ValueError:" in out.stderr
     assert "kv cache" in out.stderr
+    assert doctor_folders() <= before  # its model and state are removed, failed or not
 
 
 def test_root_cause_reads_the_innermost_exception_of_a_remote_traceback():
