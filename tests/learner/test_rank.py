@@ -71,6 +71,38 @@ def test_rank_matches_plain_torch_and_resumes_exactly(tiny_model_path, tmp_path,
     assert drift == 0.0, f"ZeRO-{stage} resume on {DEVICE} drifted by {drift}"
 
 
+def test_one_rank_runs_zero1_exactly_as_zero2_and_resumes_a_zero2_checkpoint(
+        tiny_model_path, tmp_path, deterministic, monkeypatch):
+    """A single rank asked for ZeRO-2 runs ZeRO-1's optimizer without gradient hooks
+    (``learner.engine.ds_config``): the same steps, bit for bit, and checkpoints that a real
+    ZeRO-2 rank's resume into."""
+    import learner.engine as ds
+
+    rank = make_rank(tiny_model_path)  # learner.zero_stage=2, the default
+    assert rank.engine.zero_optimization_stage() == 1
+    assert not getattr(rank.engine.optimizer, "_grad_acc_hooks", [])
+    real = ds.ds_config
+    # The config ZeRO-2 gets with several ranks, here on one: a real ZeRO-2 rank.
+    monkeypatch.setattr(ds, "ds_config", lambda config, bf16, world: real(config, bf16, 2))
+    zero2 = make_rank(tiny_model_path)
+    monkeypatch.undo()
+    assert zero2.engine.zero_optimization_stage() == 2
+
+    def same(a, b):
+        wa, wb = a.weights(), b.weights()
+        return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+    for r in (rank, zero2):
+        r.train_step(step_batch())
+    assert same(rank, zero2) == 0.0
+    zero2.save(str(tmp_path), tiny_model_path)
+    resumed = make_rank(str(tmp_path / "model"))
+    resumed.load(str(tmp_path))
+    for r in (rank, resumed):
+        r.train_step(step_batch(seed=1))
+    assert same(rank, resumed) == 0.0
+
+
 def test_bf16_trains_and_published_weights_verify_on_a_cpu_copy(tiny_model_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
