@@ -360,9 +360,13 @@ class RolloutWorker:
         self.policy_version = -1
         self.weights.begin(manifest, mode)
 
-    def load_bucket(self, index: int, expected_digest: str, data) -> None:
-        """One object-store bucket (digest checked first)."""
+    def load_bucket(self, index: int, expected_digest: str, data,
+                    finish: Optional[bool] = None) -> Optional[Dict[str, float]]:
+        """One object-store bucket (digest checked first). ``finish``: it is the last one;
+        the same call finishes the update (``finish_weight_update(verify=finish)``) and
+        returns its timings."""
         self.weights.load_bucket(index, expected_digest, memoryview(data))
+        return None if finish is None else self.finish_weight_update(finish)
 
     def init_weight_transfer(self, backend: str, init_info: Dict[str, object]) -> None:
         """Join the learner's vLLM weight-transfer engine (``nccl``/``ipc``)."""

@@ -75,11 +75,12 @@ class RolloutActorBase(RolloutWorker):
         payload = [ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in buckets]
         return super().update_weights(manifest, payload)
 
-    def load_bucket(self, index: int, expected_digest: str, data: Sequence[object]) -> None:
+    def load_bucket(self, index: int, expected_digest: str, data: Sequence[object],
+                    finish: Optional[bool] = None) -> Optional[Dict[str, float]]:
         # The bucket's ref travels inside a list so Ray leaves it unresolved until here,
         # where ray.get gives a view of the shared store.
         (ref,) = data
-        super().load_bucket(index, expected_digest, ray.get(ref))
+        return super().load_bucket(index, expected_digest, ray.get(ref), finish)
 
     def placement_group_id(self) -> str:
         """The placement group this actor runs in (colocation checks)."""

@@ -28,7 +28,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from cluster.contract.weights import WeightManifest, WeightSyncError, as_payload, digest, pack_buckets
+from cluster.contract.weights import (
+    WeightManifest,
+    WeightSyncError,
+    as_payload,
+    digest,
+    marked_buckets,
+)
 
 IN_FLIGHT = 2  # buckets loading while the next is packed: enough to overlap, few to hold
 
@@ -161,7 +167,8 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
                                                "buckets"), 0)])
     digests: List[str] = []
     staged = peak = total = 0
-    for index, (data, _names) in enumerate(pack_buckets(iter(source), bucket_bytes)):
+    finish = None
+    for index, (data, _names, last) in enumerate(marked_buckets(iter(source), bucket_bytes)):
         size = len(data)
         peak = max(peak, staged + size)
         ref = ray.put(as_payload(data))
@@ -169,14 +176,18 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
         del data
         staged += size
         total += size
-        outstanding.append((client.submit("load_bucket", index, digests[-1], [ref]), size))
+        # The last bucket's call also finishes the update: one engine call fewer.
+        futures = client.submit("load_bucket", index, digests[-1], [ref],
+                                client.verify if last else None)
+        finish = futures if last else None
+        outstanding.append((futures, size))
         del ref  # the engines' loads hold it now; it is freed once they are done
         while len(outstanding) >= IN_FLIGHT:
             futures, size = outstanding.popleft()
             client.wait(futures)
             staged -= size
-    # The finish queues behind the last loads at once: its answer is the only wait left.
-    finish = client.submit("finish_weight_update", client.verify)
+    if finish is None:  # no tensors at all: the finish still says what is missing
+        finish = client.submit("finish_weight_update", client.verify)
     for futures, _ in outstanding:
         client.wait(futures)
     client.timings.update(client.wait(finish))

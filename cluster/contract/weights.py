@@ -114,18 +114,27 @@ def pack_buckets(named: Iterable[Tuple[str, torch.Tensor]], bucket_bytes: int = 
     again under its own name: the CPU engine keeps a separate, repacked output projection
     that only its own name updates.
     """
+    for data, names, _ in marked_buckets(named, bucket_bytes):
+        yield data, names
+
+
+def marked_buckets(named: Iterable[Tuple[str, torch.Tensor]], bucket_bytes: int = BUCKET_BYTES
+                   ) -> Iterator[Tuple[np.ndarray, List[str], bool]]:
+    """``pack_buckets``, each bucket with a flag that is True on the last one. It is known
+    as the bucket is made (the tensors ran out), so a sender can ask for the update's
+    finish with it, with no look-ahead."""
     bucket: Dict[str, torch.Tensor] = {}
     size = 0
     for name, tensor in named:
         tensor = tensor.detach().to("cpu")
         nbytes = tensor.numel() * tensor.element_size()
         if bucket and size + nbytes > bucket_bytes:
-            yield safetensors_buffer(bucket), list(bucket)
+            yield safetensors_buffer(bucket), list(bucket), False  # a tensor is still due
             bucket, size = {}, 0
         bucket[name] = tensor
         size += nbytes
     if bucket:
-        yield safetensors_buffer(bucket), list(bucket)
+        yield safetensors_buffer(bucket), list(bucket), True
 
 
 def safetensors_buffer(tensors: Dict[str, torch.Tensor]) -> np.ndarray:

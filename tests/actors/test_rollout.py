@@ -142,11 +142,15 @@ def test_a_probe_left_to_the_next_call_checks_the_weights_before_any_sample_leav
     buckets = list(pack_buckets(model.state_dict().items(), bucket_bytes=200_000))
     version = ray.get(actor.state.remote())["policy_version"] + 1
 
-    def stream(manifest):
+    def stream(manifest):  # as the learner sends: the last bucket's call also finishes
         ray.get(actor.start_weight_update.remote(manifest, "buckets"))
         for i, (data, _) in enumerate(buckets):
-            ray.get(actor.load_bucket.remote(i, manifest.digests[i], [ray.put(as_payload(data))]))
-        return ray.get(actor.finish_weight_update.remote(False))
+            last = i == len(buckets) - 1
+            done = ray.get(actor.load_bucket.remote(i, manifest.digests[i],
+                                                    [ray.put(as_payload(data))],
+                                                    False if last else None))
+            assert (done is not None) == last
+        return done
 
     honest = build_manifest(version, buckets, model, model.config.vocab_size)
     lying = dataclasses.replace(honest, probe_logprobs=tuple(x - 1.0

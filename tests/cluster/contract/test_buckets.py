@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load
 
-from cluster.contract.weights import pack_buckets, safetensors_buffer, tensor_views
+from cluster.contract.weights import marked_buckets, pack_buckets, safetensors_buffer, tensor_views
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64,
           torch.int32, torch.int8, torch.uint8, torch.bool]
@@ -42,6 +42,9 @@ def test_buckets_split_at_the_size_and_open_from_a_file(tmp_path):
     tensors = {f"layer.{i}.weight": torch.full((64,), float(i)) for i in range(10)}
     buckets = list(pack_buckets(tensors.items(), bucket_bytes=3 * 64 * 4))
     assert [len(names) for _, names in buckets] == [3, 3, 3, 1]
+    marked = list(marked_buckets(tensors.items(), bucket_bytes=3 * 64 * 4))
+    assert [last for *_, last in marked] == [False, False, False, True]  # known as made
+    assert all(np.array_equal(a, b) and n == m for (a, n), (b, m, _) in zip(buckets, marked))
     seen = {}
     for i, (data, _) in enumerate(buckets):
         path = tmp_path / f"b{i}.safetensors"
