@@ -65,6 +65,16 @@ class LearnerGroup:
         futures = [r.train_step.remote(payload) for r in self.ranks]
         return combine_metrics(ray.get(futures)) if wait else futures
 
+    def train_and_send(self, batch: pa.RecordBatch, version: int, actors: list,
+                       verify: bool = True) -> list:
+        """``train_step`` then ``send_weights(version, actors)`` as one call to each rank
+        (``LearnerRank.train_and_send``): the ranks' futures, each ``{"metrics", "sync"}``
+        (``sync``: rank 0's report). Saves the turn between two calls on every rank."""
+        stream = to_ipc(batch)
+        payload = ray.put(stream) if len(self.ranks) > 1 else stream
+        return [r.train_and_send.remote(payload, version, actors, BUCKET_BYTES, verify)
+                for r in self.ranks]
+
     def send_weights(self, version: int, actors: list, bucket_bytes: int = BUCKET_BYTES,
                      wait: bool = True, verify: bool = True):
         """Send the weights to ``actors`` (``LearnerRank.send_weights``): rank 0's report,

@@ -259,6 +259,16 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ weights
 
+    def train_and_send(self, batch: Union[pa.RecordBatch, bytes], version: int,
+                       actors: Sequence[object], bucket_bytes: int = BUCKET_BYTES,
+                       verify: bool = True) -> Dict[str, object]:
+        """``train_step``, then ``send_weights`` of the weights it made: ``{"metrics":
+        the step's, "sync": the send's report (rank 0; None elsewhere)}``. One call where
+        the training loop would make two back to back (a collective, as both are)."""
+        metrics = self.train_step(batch)
+        return {"metrics": metrics,
+                "sync": self.send_weights(version, actors, bucket_bytes, verify)}
+
     def send_weights(self, version: int, actors: Sequence[object],
                      bucket_bytes: int = BUCKET_BYTES, verify: bool = True
                      ) -> Optional[Dict[str, object]]:

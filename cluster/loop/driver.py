@@ -165,7 +165,11 @@ class Driver:
         way) is sent the version once more, alone; failing again stops the run with the
         version and the reason. A learner that dies while sending raises ``RayActorError``
         into the recovery loop."""
-        report = ray.get(futures)[0]
+        return self._settle_sync(actors, ray.get(futures)[0], version)
+
+    def _settle_sync(self, actors: list, report: Dict[str, object], version: int
+                     ) -> Dict[str, float]:
+        """``_await_sync`` once rank 0's report is in hand."""
         per_actor = dict(report["timings"])
         for i, (kind, reason) in sorted(report["errors"].items()):
             self.log.write("sync_retry", policy_version=version, actor=i,
@@ -405,24 +409,27 @@ class Driver:
         if batch is not None:
             if self.config.cluster.placement == "colocated":  # the rank beside it trains
                 ray.get([a.sleep.remote() for a in self.actors])
-            trained = self.learner.train_step(batch, wait=False)
             version += 1
-            # Queued behind the step: the ranks send its weights as soon as it is done. Each
-            # engine checks them by probe in its next generate call, before any sample
-            # leaves it (``_generated``), not as an engine call of its own.
-            sync = self.learner.send_weights(version, list(self.actors), wait=False,
-                                             verify=False)
-            metrics = combine_metrics(ray.get(trained))
+            # The ranks send the step's weights as soon as it is done. Each engine checks
+            # them by probe in its next generate call, before any sample leaves it
+            # (``_generated``), not as an engine call of its own.
+            if async_mode:  # queued behind the step; awaited after the next step's rollouts
+                trained = self.learner.train_step(batch, wait=False)
+                self._sync_futures = self.learner.send_weights(version, list(self.actors),
+                                                               wait=False, verify=False)
+                per_rank, report = ray.get(trained), None
+            else:  # the step and its send in one call to each rank
+                done = ray.get(self.learner.train_and_send(batch, version, list(self.actors),
+                                                           verify=False))
+                per_rank, report = [d["metrics"] for d in done], done[0]["sync"]
+            metrics = combine_metrics(per_rank)
             self.ledger.write("trained", step=step + 1, attempt=tag,
                               group_ids=batch.column("group_id").to_pylist())
             self._busy["learner"] += metrics["learner_seconds"]
             row.update({k: v for k, v in metrics.items()})
-            if async_mode:  # awaited after the next step's rollouts
-                self._sync_futures = sync
-            else:
-                start = time.perf_counter()
-                row.update(self._await_sync(self.actors, sync, version))
-                row["sync_s"] = time.perf_counter() - start  # what the step waits for it
+            if report is not None:
+                row.update(self._settle_sync(self.actors, report, version))
+                row["sync_s"] = report["seconds"]  # what the step waits for: the ranks' send
             self.acks.trained(offsets)
         self.summary.rollouts += int(row["rollouts"])
         step += 1
