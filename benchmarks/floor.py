@@ -14,7 +14,9 @@ repeated ``--repeats`` times, the two sides taking turns:
   exactly those sequences, in micro-batches of the same token budget as duet's (gradients
   accumulated), and one AdamW step;
 - ``duet``: the real loop (``cluster.loop.driver``: a vLLM rollout actor, the reward pool,
-  the replay queue, a DeepSpeed ZeRO-2 learner rank, the verified weight sync) for a few
+  the replay queue, a DeepSpeed learner rank — ZeRO-2 as configured, run by a single CPU
+  rank as ZeRO-1 without gradient hooks (``learner.engine.ds_config``) — the verified
+  weight sync) for a few
   steps; its figure is the median step time after its first ``WARMUP_STEPS`` (a fresh
   learner process faulting in its memory), over as many warm steps as the floor's.
 

@@ -7,8 +7,9 @@ of the same architecture (16 rollouts x 128 tokens), on the same batches, taking
 side's first ``WARMUP_BATCHES`` untimed:
 
 - ``duet``: ``LearnerRank.train_step`` in a real learner actor (one rank, DeepSpeed ZeRO-2
-  on gloo), with the threads duet gives it (``learner.threads``, default: the node's cores
-  in sync mode): group sharding, token-budget micro-batches, advantages, the clipped GRPO
+  as configured, which one CPU rank runs as ZeRO-1 without gradient hooks, on gloo), with
+  the threads duet gives it (``learner.threads``, default: the node's cores in sync mode):
+  group sharding, token-budget micro-batches, advantages, the clipped GRPO
   loss, gradient clipping, one optimizer step;
 - ``plain``: what a plain user process runs — a separate process, not started by Ray, with
   torch's default threads: the same rows in the same micro-batches, forward, log-probs of
