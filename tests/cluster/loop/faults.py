@@ -59,3 +59,36 @@ class LyingRank(FaultyRank):
             return manifest
 
         return rank, "start_manifest", lying
+
+
+class EngineKillingRank(LearnerRank):
+    """Kills rollout engine 0 once, while policy version 2 is loading into it: after the
+    update's start has run there, before its bucket is sent. Ray restarts the engine, and
+    the bucket's call, retried there, finds no update in progress."""
+
+    def send_weights(self, version, actors, *args):
+        import os
+        import signal
+
+        import ray
+
+        import learner.publish as publish
+
+        real = publish.EngineClient.submit
+        if version != 2 or getattr(self, "engine_killed", False):
+            return super().send_weights(version, actors, *args)
+
+        def submit(client, method, *a, **k):
+            if method == "load_bucket" and not self.engine_killed:
+                # Calls from one caller run in order: once this answers, the start has run.
+                pid = ray.get(client.actors[0].state.remote())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                self.engine_killed = True
+            return real(client, method, *a, **k)
+
+        self.engine_killed = False
+        publish.EngineClient.submit = submit
+        try:
+            return super().send_weights(version, actors, *args)
+        finally:
+            publish.EngineClient.submit = real

@@ -90,7 +90,10 @@ def test_learner_and_an_engine_killed_during_weight_syncs(engines, tiny_model_pa
     """The learner dies as it sends the initial weights (before the first step, outside
     the old recovery loop); the engine dies while version 2 is loading into it (Ray restarts
     it, the rest of that update fails on the fresh engine, and the driver resends)."""
-    real_send, real_await = LearnerGroup.send_weights, Driver._await_sync
+    from learner import learner_actor
+    from tests.cluster.loop.faults import EngineKillingRank
+
+    real_send = LearnerGroup.send_weights
     killed = {}
 
     def send_weights(self, version, *args, **kwargs):
@@ -99,25 +102,15 @@ def test_learner_and_an_engine_killed_during_weight_syncs(engines, tiny_model_pa
             kill(killed["learner"])
         return real_send(self, version, *args, **kwargs)
 
-    def await_sync(self, actors, futures, version):
-        if version == 2 and "rollout" not in killed:  # the update is in flight
-            killed["rollout"] = engine_pid[0]
-            kill(killed["rollout"])
-        return real_await(self, actors, futures, version)
-
-    engine_pid = []
-
-    def note_engine_pid(row):  # read while the engine is idle between steps
-        if row["kind"] == "step" and row["step"] == 1:
-            engine_pid.append(pid_of(driver, engines, "rollout"))
-
     monkeypatch.setattr(LearnerGroup, "send_weights", send_weights)
-    monkeypatch.setattr(Driver, "_await_sync", await_sync)
-    driver = None
-    driver = Driver(load_config(None, BASE), tmp_path, tiny_model_path, engines,
-                    progress=note_engine_pid)
+    monkeypatch.setattr(learner_actor, "LearnerActor",
+                        ray.remote(num_cpus=1, max_restarts=0)(EngineKillingRank))
+    driver = Driver(load_config(None, BASE), tmp_path, tiny_model_path, engines)
     finish_clean(driver, tmp_path, restarts=1)
-    assert set(killed) == {"learner", "rollout"}
+    assert "learner" in killed
+    retries = read_rows(tmp_path / "metrics.jsonl", "sync_retry")
+    assert [r["policy_version"] for r in retries] == [2]  # the engine killed mid-update
+    assert "no weight update in progress" in retries[0]["error"]
 
 
 def test_engine_killed_while_a_step_generates(engines, tiny_model_path, tmp_path, monkeypatch):
