@@ -58,20 +58,22 @@ class LearnerGroup:
         """One training step on every rank: the combined metrics, or with ``wait=False`` the
         ranks' futures (``combine_metrics(ray.get(futures))``). A call made to the ranks
         meanwhile (a weight send) runs right after the step, without a round trip between."""
-        # One Arrow IPC stream (``to_ipc``); several ranks share one copy in the object
-        # store, one rank takes it with the call.
-        stream = to_ipc(batch)
-        payload = ray.put(stream) if len(self.ranks) > 1 else stream
+        payload = self._payload(batch)
         futures = [r.train_step.remote(payload) for r in self.ranks]
         return combine_metrics(ray.get(futures)) if wait else futures
+
+    def _payload(self, batch: pa.RecordBatch):
+        """``batch`` as one Arrow IPC stream (``to_ipc``): several ranks share one copy in
+        the object store, one rank takes it with the call."""
+        stream = to_ipc(batch)
+        return ray.put(stream) if len(self.ranks) > 1 else stream
 
     def train_and_send(self, batch: pa.RecordBatch, version: int, actors: list,
                        verify: bool = True) -> list:
         """``train_step`` then ``send_weights(version, actors)`` as one call to each rank
         (``LearnerRank.train_and_send``): the ranks' futures, each ``{"metrics", "sync"}``
         (``sync``: rank 0's report). Saves the turn between two calls on every rank."""
-        stream = to_ipc(batch)
-        payload = ray.put(stream) if len(self.ranks) > 1 else stream
+        payload = self._payload(batch)
         return [r.train_and_send.remote(payload, version, actors, BUCKET_BYTES, verify)
                 for r in self.ranks]
 

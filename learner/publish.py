@@ -179,7 +179,8 @@ def send_buckets(source: LearnerWeights, client: Optional[EngineClient], bucket_
         # The last bucket's call also finishes the update: one engine call fewer.
         futures = client.submit("load_bucket", index, digests[-1], [ref],
                                 client.verify if last else None)
-        finish = futures if last else None
+        if last:
+            finish = futures
         outstanding.append((futures, size))
         del ref  # the engines' loads hold it now; it is freed once they are done
         while len(outstanding) >= IN_FLIGHT:
