@@ -13,7 +13,13 @@ import ray
 import torch
 
 from cluster.contract.config import load_config
-from cluster.contract.weights import WeightSyncError, as_payload, build_manifest, pack_buckets
+from cluster.contract.weights import (
+    PROBE_TOLERANCE,
+    WeightSyncError,
+    as_payload,
+    build_manifest,
+    pack_buckets,
+)
 from learner.batch import to_tensors
 
 pytestmark = pytest.mark.slow
@@ -69,7 +75,10 @@ def test_groups_have_the_right_shape_and_logprobs_match_transformers(setup, grou
     mask = t.completion_mask[:, 1:]
     diff = (logp - t.behaviour_logprobs[:, 1:]).abs()[mask]
     assert diff.numel() > 0
-    assert float(diff.max()) < 1e-3, f"max |vLLM - transformers| logprob = {float(diff.max())}"
+    # vLLM's CPU kernels against transformers' at fp32: the tolerance the product itself
+    # verifies an engine's weights with, not a figure read off one machine.
+    atol = PROBE_TOLERANCE["float32"].atol
+    assert float(diff.max()) < atol, f"max |vLLM - transformers| logprob = {float(diff.max())}"
 
 
 def greedy_hf(model, tokenizer, texts, max_new_tokens):
@@ -101,7 +110,7 @@ def check_weight_update(actor, tiny_model_path):
     refs = [ray.put(as_payload(b)) for b, _ in buckets]  # as the learner publishes them
     timings = ray.get(actor.update_weights.remote(manifest, refs))
     assert ray.get(actor.state.remote())["policy_version"] == before + 1
-    assert timings["probe_max_abs_diff"] < 2e-3
+    assert timings["probe_max_abs_diff"] < PROBE_TOLERANCE["float32"].atol
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     prompts = ArithmeticTask().eval_set()[:8]
@@ -171,7 +180,7 @@ def test_a_probe_left_to_the_next_call_checks_the_weights_before_any_sample_leav
     stream(honest)
     stats = ray.get(actor.generate.remote(2))
     assert not stats.unverified and stats.groups_put == 2
-    assert stats.probe_max_abs_diff is not None and stats.probe_max_abs_diff < 2e-3
+    assert stats.probe_max_abs_diff is not None and stats.probe_max_abs_diff < PROBE_TOLERANCE["float32"].atol
     assert ray.get(actor.state.remote())["policy_version"] == version
     drain(queue)
 

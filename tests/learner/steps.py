@@ -1,4 +1,5 @@
-"""Learner test helpers: a synthetic step's groups and the same update in plain torch."""
+"""Learner test helpers: a synthetic step's groups, the same update in plain torch, and how
+close two correct implementations of that update can be."""
 
 import dataclasses
 
@@ -26,7 +27,10 @@ def step_batch(seed=0, groups=6, size=2):
 
 
 def reference_step(model_path, batch, config, device="cpu"):
-    """The same update in one process with plain torch: whole batch, one AdamW step."""
+    """The same update in one process with plain torch: whole batch, one AdamW step.
+
+    Returns the loss, the weights after the step and the (clipped) gradients it stepped on,
+    which ``assert_same_adam_step`` needs to know where Adam amplifies rounding."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
@@ -42,5 +46,58 @@ def reference_step(model_path, batch, config, device="cpu"):
                           behaviour_logp=t.behaviour_logprobs[:, 1:], tis_cap=2.0)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.learner.grad_clip)
+    grads = {name: p.grad.detach().cpu().clone() for name, p in model.named_parameters()}
     opt.step()
-    return float(loss.detach()), {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return float(loss.detach()), weights, grads
+
+
+# Adam's epsilon (torch.optim.AdamW's default, which the learner keeps) and fp32's unit roundoff.
+ADAM_EPS = 1e-8
+FP32_U = 2.0 ** -24
+
+
+def assert_same_adam_step(weights, ref_weights, ref_grads, lr, what):
+    """Weights after one AdamW step equal the reference's up to what rounding can explain.
+
+    At Adam's first step (bias-corrected: m = g, v = g**2) each element moves by
+    ``lr * f(g)`` with ``f(g) = g / (|g| + eps)``. Two correct implementations reduce the
+    gradient in different orders (DeepSpeed's partitioned, all-reduced sums against one
+    process), so their gradients differ by a rounding residue δ, and their moves by
+    ``lr * |f(g + δ) - f(g)|``:
+
+    - always at most ``2 * lr`` (|f| < 1): where the exact gradient is zero or nearly, δ is
+      all there is and Adam turns it into a move of up to ``lr``, of either sign, on any CPU;
+    - where ``|g| >= 2 * δ``, at most ``lr * δ * eps / (|g| - δ)**2 <= lr * 2 * eps / |g|``
+      (mean value theorem, f' = eps / (|g| + eps)**2), which is ``<= 1e-3 * lr`` once
+      ``|g| >= 2000 * eps``.
+
+    So every element must be within ``2 * lr``, and every element whose reference gradient is
+    at least ``max(2000 * eps, 1e-3 * S)`` (S the largest gradient element; fp32 reductions
+    of a few hundred terms leave residues of at most ~1e-5 * S, far below half of that)
+    within ``1e-3 * lr``; both plus fp32 rounding of the weight itself. A wrong sign, a
+    dropped micro-batch or a mis-weighted row moves elements with real gradients by ~lr and
+    fails the second bound; no kernel's rounding can.
+    """
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    assert scale > 0, "the reference step had no gradient at all"
+    threshold = max(2000 * ADAM_EPS, 1e-3 * scale)
+    for name, ref in ref_weights.items():
+        ref = ref.float()
+        diff = (weights[name].float() - ref).abs()
+        rounding = 4 * FP32_U * ref.abs()
+        loose = diff - rounding - 2 * lr * (1 + 1e-6)
+        assert float(loose.max()) <= 0, (
+            f"{what}: {name} moved {float(diff.max()):.3g} away from the reference, more than "
+            f"one Adam step can explain (2 * lr = {2 * lr:g})")
+        grad = ref_grads.get(name)
+        if grad is None:  # a buffer, or a tied weight listed under its other name
+            continue
+        real = grad.abs() >= threshold
+        tight = (diff - rounding - 1e-3 * lr)[real]
+        if tight.numel():
+            worst = int(tight.argmax())
+            assert float(tight[worst]) <= 0, (
+                f"{what}: {name} differs by {float(diff[real][worst]):.3g} where the reference "
+                f"gradient is {float(grad[real][worst]):.3g} (>= {threshold:.3g}); rounding "
+                f"explains at most {1e-3 * lr:g} there")
