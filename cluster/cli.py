@@ -16,15 +16,11 @@ from typing import Dict, List, Optional
 
 from cluster.contract.config import ConfigError, RunConfig, load_config, replace, to_yaml
 from cluster.contract.config_io import options_help
-from cluster.tools.submit import RUNTIME_ENV
-
-DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "deploy" / "configs" / "tiny-cpu.yaml"
+from cluster.presets import default_preset, resolve_config, runtime_env
 
 
 def _config(args) -> RunConfig:
-    source = args.config
-    if source is None and DEFAULT_PRESET.exists():
-        source = DEFAULT_PRESET
+    source = default_preset() if args.config is None else resolve_config(args.config)
     return load_config(source, args.overrides)
 
 
@@ -123,11 +119,10 @@ def cmd_plan(args) -> int:
         if not 0 < value <= 1:
             raise SystemExit(f"duet plan: {flag} is a fraction of peak FLOP/s, in (0, 1]; "
                              f"got {value}")
-    root = Path(__file__).resolve().parents[1]
-    sources = args.config or [str(root / p) for p in PAPER_PRESETS]
+    sources = args.config or list(PAPER_PRESETS)
     rows, source = [], ""
     for path in sources:
-        config = load_config(path, args.overrides)
+        config = load_config(resolve_config(str(path)), args.overrides)
         costs = (measured_costs(Path(args.measured)) if args.measured
                  else assumed_costs(args.params or parameters_of(config), gen_mfu=args.gen_mfu,
                                     train_mfu=args.train_mfu))
@@ -188,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, default=None,
-                       help=f"YAML config (default: {DEFAULT_PRESET.relative_to(DEFAULT_PRESET.parents[2])})")
+        p.add_argument("--config", default=None,
+                       help="YAML file or shipped preset name, e.g. qwen2.5-math-7b-g2 "
+                            "(default: tiny-cpu, deploy/configs/tiny-cpu.yaml)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted config overrides, e.g. algo.group_size=16")
 
@@ -239,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Set output_dir to storage the cluster and you can both read.")
     submit.add_argument("--address", default=None,
                         help="Ray job API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
-    submit.add_argument("--runtime-env", default=str(RUNTIME_ENV),
+    submit.add_argument("--runtime-env", default=str(runtime_env()),
                         help="runtime env YAML (default: deploy/runtime_env.yaml)")
     submit.add_argument("--working-dir", default=".", help="folder shipped to the cluster")
     submit.add_argument("--submission-id", default=None, help="job id to use")

@@ -99,8 +99,7 @@ def project(config: RunConfig, costs: Costs, response_tokens: float,
                       (steps * step_s + eval_s) / 3600)
 
 
-PAPER_PRESETS = ("deploy/configs/qwen2.5-math-1.5b-g2.yaml",
-                 "deploy/configs/qwen2.5-math-1.5b-g16.yaml")
+PAPER_PRESETS = ("qwen2.5-math-1.5b-g2", "qwen2.5-math-1.5b-g16")  # cluster.presets names
 
 
 def parameters_of(config: RunConfig) -> float:

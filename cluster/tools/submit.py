@@ -19,12 +19,11 @@ from typing import List, Optional, Sequence
 
 from cluster.contract.config import ConfigError
 
-RUNTIME_ENV = Path(__file__).resolve().parents[2] / "deploy" / "runtime_env.yaml"
 COMMANDS = ("train", "compare", "eval")
 
 
 def submit_command(address: Optional[str], duet_args: Sequence[str], working_dir: str = ".",
-                   runtime_env: str = str(RUNTIME_ENV), submission_id: Optional[str] = None,
+                   runtime_env: Optional[str] = None, submission_id: Optional[str] = None,
                    no_wait: bool = False) -> List[str]:
     """The `ray job submit` command line running ``duet_args`` on the cluster at ``address``."""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -39,6 +38,10 @@ def submit_command(address: Optional[str], duet_args: Sequence[str], working_dir
                           "duet submit -- train --config deploy/configs/qwen2.5-math-1.5b-g2.yaml")
     sibling = Path(sys.executable).with_name("ray")
     ray_cli = str(sibling) if sibling.exists() else (shutil.which("ray") or "ray")
+    if runtime_env is None:
+        from cluster.presets import runtime_env as shipped
+
+        runtime_env = str(shipped())
     cmd = [ray_cli, "job", "submit", "--address", address, "--working-dir", working_dir,
            "--runtime-env", runtime_env]
     if submission_id:
