@@ -25,10 +25,12 @@ import pyarrow as pa
 
 from actors.cursor import CursorFile
 from actors.evaluation import evaluate
+from actors.prompts import PromptRenderer
 from actors.reward import RewardPool
 from actors.tasks import Prompt, make_source, shard_positions
 from actors.weight_load import EngineWeights
 from cluster.contract.config import RunConfig
+from cluster.contract.hub import local_folder
 from cluster.contract.schema import Group, build_batch
 from cluster.contract.threads import use_cpu_threads
 from cluster.contract.weights import WeightManifest, WeightSyncError
@@ -118,6 +120,7 @@ class RolloutWorker:
         from transformers import AutoTokenizer
         from vllm import LLM
 
+        model_path = local_folder(model_path)  # a hub snapshot: this node's cache
         self.worker = worker
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_path, trust_remote_code=config.model.trust_remote_code)
@@ -138,6 +141,7 @@ class RolloutWorker:
             self.rewards.close()
         self.config, self.sink = config, sink
         self.source = make_source(config.task, config.seed)
+        self.renderer = PromptRenderer(config.task, self.tokenizer)
         self.rewards = RewardPool(config.rollout.reward, config.rollout.reward_workers,
                                   config.rollout.reward_timeout_s)
         self.cursor_file = CursorFile(state_dir, self.worker)
@@ -174,14 +178,15 @@ class RolloutWorker:
                               min_tokens=r.min_new_tokens if train else 0,
                               stop_token_ids=[eos] if eos is not None else None)
 
-    def _encode(self, text: str) -> List[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def _encode(self, prompt: Prompt) -> List[int]:
+        """The prompt's token ids as the engine gets them (``task.template`` applied)."""
+        return self.tokenizer(self.renderer.render(prompt), add_special_tokens=False).input_ids
 
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[Optional[int]], n: int,
                 mode: str = "train", token_ids: Optional[List[List[int]]] = None):
         from vllm.inputs import TokensPrompt
 
-        token_ids = token_ids or [self._encode(p.text) for p in prompts]
+        token_ids = token_ids or [self._encode(p) for p in prompts]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         params = [self.sampling_params(s, n, mode) for s in seeds]
         # The probe the last update still owes runs first in the same call: weights are
@@ -224,7 +229,7 @@ class RolloutWorker:
         kept = []
         for position in positions:
             prompt = self.source.train(position)
-            ids = self._encode(prompt.text)
+            ids = self._encode(prompt)
             if len(ids) <= room:
                 kept.append((position, prompt, ids))
             else:

@@ -35,7 +35,10 @@ def cmd_train(args) -> int:
         print(resource_plan(config))
     memory = checked_plan(config)  # refuses a GPU plan that cannot fit, before anything starts
     if args.dry_run:
+        from cluster.tools.data import dry_run_check
+
         print(memory.text() if memory else "memory plan: CPU run (or unknown model shape)")
+        print(dry_run_check(config))
         return 0
     from cluster.loop.runs import run_dir_of, train
 
@@ -139,6 +142,24 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from cluster.tools.data import check_lengths, inspect_data, report_json, summary
+
+    config = _config(args)
+    report = inspect_data(config)
+    try:
+        check_lengths(config, report)
+    except ConfigError as err:
+        report.problems.append(str(err))
+    if args.json:
+        print(report_json(report))
+    else:
+        print(summary(config, report))
+    for problem in report.problems:
+        print(f"duet data: {problem}", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
 def cmd_doctor(args) -> int:
     from cluster.tools.doctor import run_doctor
 
@@ -224,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="samples per prompt for mean@k (default: rollout.eval_k)")
     evaluate.set_defaults(func=cmd_eval)
 
+    data = sub.add_parser("data", help="the dataset and template as the engine sees them: "
+                          "rows, bad rows, the first rendered prompt, lengths")
+    common(data)
+    data.add_argument("--json", action="store_true",
+                      help='print {"rows", "skipped", "sample": {"prompt", "prompt_tokens", '
+                           '"answer"}, "max_prompt_tokens"}')
+    data.set_defaults(func=cmd_data)
+
     report = sub.add_parser("report", help="rebuild report.md/png from a compare run")
     report.add_argument("run_dir", help="runs/<name> of a compare run")
     report.set_defaults(func=cmd_report)
@@ -298,6 +327,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         print(f"duet: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:
+        # Unusable data, templates or hub ids: the message names the file, row or key.
+        from actors.prompts import TemplateError
+        from actors.tasks.loaders import DatasetError
+        from cluster.contract.hub import HubError
+
+        if isinstance(err, (DatasetError, TemplateError, HubError)):
+            print(f"duet: {err}", file=sys.stderr)
+            return 2
+        raise
     except Exception as err:  # the run failed: say why and exit non-zero, never "success"
         from cluster.loop.driver import RunFailed
 

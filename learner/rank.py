@@ -103,8 +103,10 @@ class LearnerRank:
         this rank's node, who share its cores (``cluster.contract.threads``)."""
         from transformers import AutoModelForCausalLM
 
+        from cluster.contract.hub import local_folder
         from learner import engine as ds
 
+        model_path = local_folder(model_path)  # a hub snapshot: this node's cache
         config = self.config
         use_cpu_threads(config, "learner", sharing)
         self.keeps_freed_memory = config.keeps_freed_memory() and keep_freed_memory()

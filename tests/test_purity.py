@@ -17,9 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 THIRD_PARTY = {"torch", "pyarrow", "numpy", "yaml"}
 WEIGHT_FORMAT = {"xxhash", "safetensors"}  # the bucket digest and serialisation, no deps
+HUB = {"huggingface_hub"}  # hub ids resolved through its cache (cluster/contract/hub.py)
 FORBIDDEN = {"actors", "learner", "ray", "deepspeed", "vllm"}
 LAYERS = {  # folder -> (the duet package it may import from, extra third-party names)
-    "cluster/contract": ("cluster.contract", THIRD_PARTY | WEIGHT_FORMAT),
+    "cluster/contract": ("cluster.contract", THIRD_PARTY | WEIGHT_FORMAT | HUB),
     "learner/algo": ("learner.algo", THIRD_PARTY),
 }
 

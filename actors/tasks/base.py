@@ -8,7 +8,7 @@ had not finished, and the group id (derived from the position) never repeats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Protocol
+from typing import Dict, List, Optional, Protocol, Tuple
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,12 @@ class Prompt:
     prompt_id: str
     """Stable id of the underlying item (the same item seen in two epochs keeps its id)."""
     text: str
-    """Prompt text given to the model."""
+    """The problem: the prompt text, or for a chat-message prompt its last user turn. What the
+    engine receives is rendered from it by ``actors.prompts`` (``task.template``)."""
     answer: str
     """Reference answer the reward function checks against."""
+    messages: Optional[Tuple[Tuple[str, str], ...]] = None
+    """(role, content) turns when the dataset's prompt is a list of chat messages."""
 
 
 class PromptSource(Protocol):

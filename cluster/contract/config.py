@@ -62,13 +62,33 @@ class TaskConfig:
     """Where prompts and their reference answers come from."""
 
     name: str = "arithmetic"
-    """'arithmetic' (the embedded synthetic task), or 'jsonl' / 'parquet' for a local file."""
+    """'arithmetic' (the embedded synthetic task); 'jsonl' or 'parquet' for data in those
+    formats; 'hf' for a Hugging Face ``datasets`` folder (``save_to_disk``)."""
     path: Optional[str] = None
-    """Dataset file for 'jsonl' / 'parquet' tasks."""
+    """The data: a file, a folder of files (parquet / jsonl shards, or a ``save_to_disk``
+    folder), or a Hugging Face dataset id ('org/name'), read from the hub cache
+    (``HF_HUB_OFFLINE=1`` honoured)."""
+    data_files: Optional[str] = None
+    """With a folder or dataset id: a glob of the files to read, relative to it (e.g.
+    'data/train-*.parquet'); null reads every file of the task's format."""
     prompt_key: str = "prompt"
-    """Column holding the prompt text."""
+    """Column holding the prompt: a string, or a list of chat messages ({role, content}, as in
+    verl's parquet)."""
     answer_key: str = "answer"
-    """Column holding the reference answer."""
+    """Column holding the reference answer; a dotted path reaches into nested fields
+    ('reward_model.ground_truth')."""
+    answer_from: Literal["field", "boxed"] = "field"
+    """'field': the answer is the field's value; 'boxed': the content of the field's last
+    \\boxed{...} (MATH's 'solution' column). A row without one is a bad row."""
+    template: str = "raw"
+    """How a prompt becomes the engine's text: 'raw' (the text itself), 'chat' (the model
+    tokenizer's own chat template, with the generation prompt), or a path to a Jinja file
+    (variables: messages, problem, system_prompt, instruction, bos_token, eos_token)."""
+    system_prompt: Optional[str] = None
+    """System message put before the prompt's own messages (raw: a first paragraph)."""
+    instruction: str = ""
+    """Text appended to the user turn after one space, e.g. the paper's "Let's think step by
+    step and output the final answer within \\boxed{}."."""
     difficulty: int = 2
     """Embedded task: number of digits per operand."""
     eval_size: int = 200
@@ -82,8 +102,13 @@ class TaskConfig:
     ``duet compare`` fixes it, so every seed holds out the same prompts."""
 
     def __post_init__(self) -> None:
-        _require(self.name in ("arithmetic", "jsonl", "parquet"), "name", self.name,
-                 "must be 'arithmetic', 'jsonl' or 'parquet'")
+        _require(self.name in ("arithmetic", "jsonl", "parquet", "hf"), "name", self.name,
+                 "must be 'arithmetic', 'jsonl', 'parquet' or 'hf'")
+        _require(self.answer_from in ("field", "boxed"), "answer_from", self.answer_from,
+                 "must be 'field' or 'boxed'")
+        _require(self.template in ("raw", "chat") or self.template.endswith((".jinja", ".j2")),
+                 "template", self.template,
+                 "must be 'raw', 'chat' or the path of a Jinja file (*.jinja or *.j2)")
         _require(self.name == "arithmetic" or bool(self.path), "path", self.path,
                  f"is required for task '{self.name}'")
         _require(1 <= self.difficulty <= 6, "difficulty", self.difficulty, "must be in 1..6")

@@ -164,12 +164,14 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
     from cluster.loop.driver import Driver
     from cluster.loop.launch import start_ray, start_rollouts
     from cluster.policy.models import resolve_model
+    from cluster.tools.data import preflight
 
     plan = plan_runs(base, arms, out_dir, lr_rule, budget)
     start_ray(base)
     model_path = resolve_model(base, say)
     say(f"starting {base.rollout.num_workers} rollout engine(s) on {model_path}")
     widest = max((runs[base.seed] for runs in plan.values()), key=lambda c: c.algo.group_size)
+    preflight(widest, model_path, Path(out_dir), say)  # before any engine starts
     actors = start_rollouts(widest, str(model_path), out_dir / "engines")
     results: Dict[str, Dict[int, object]] = {arm: {} for arm in arms}
     for seed in seeds_of(base):

@@ -13,6 +13,7 @@ from cluster.loop.driver import Driver, RunSummary
 from cluster.loop.launch import start_ray, start_rollouts
 from cluster.loop.progress import Progress
 from cluster.policy.models import resolve_model
+from cluster.tools.data import preflight
 
 
 def run_dir_of(config: RunConfig) -> Path:
@@ -36,6 +37,7 @@ def train(config: RunConfig, resume: bool = False) -> RunSummary:
     run_dir = fresh_run_dir(config, resume)
     start_ray(config)
     model_path = resolve_model(config)
+    preflight(config, model_path, run_dir)  # data, template and lengths, before any actor
     actors = start_rollouts(config, str(model_path), run_dir / "engines")
     progress = Progress(config.steps)
     try:

@@ -21,6 +21,11 @@ SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 # Characters of the embedded arithmetic task: digits, operators, '=', space.
 CHARACTERS = tuple("0123456789+-*= ")
 VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+# A chat template over that alphabet: the turns' contents, space-separated, and '=' as the
+# generation prompt, so a user turn "12+7" renders as the task's own "12+7=". The embedded
+# presets stay task.template=raw; this lets task.template=chat run on real code in tests.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% if not loop.last %} {% endif %}"
+                 "{% endfor %}{% if add_generation_prompt %}={% endif %}")
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,10 @@ def build_tokenizer():
     core = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>",
-                                   eos_token="<eos>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>",
+                                        eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_model(spec: TinyModelSpec = TINY_MODEL, vocab_size: Optional[int] = None, seed: int = 0):

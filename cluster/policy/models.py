@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from cluster.contract import hub
 from cluster.contract.config import ConfigError, RunConfig
 from cluster.policy.embedded import EMBEDDED_PREFIX
 from cluster.policy.warmstart import prepare_embedded
 
 
 def resolve_model(config: RunConfig, say: Callable[[str], None] = print) -> Path:
-    """The folder to load: the cached warm-started embedded model, or a checked local path."""
+    """The folder to load: the cached warm-started embedded model, a checked local path, or
+    a Hugging Face id's snapshot in the hub cache."""
     path = config.model.path
     if path.startswith(EMBEDDED_PREFIX):
         if path != f"{EMBEDDED_PREFIX}tiny":
@@ -23,10 +25,17 @@ def resolve_model(config: RunConfig, say: Callable[[str], None] = print) -> Path
                               "'arithmetic' task's alphabet; give a real model for datasets",
                               value=path)
         return prepare_embedded(config.task.difficulty, say)
-    folder = Path(path).expanduser()
+    if hub.is_repo_id(path):
+        try:
+            folder = hub.resolve(path, "model.path")
+        except hub.HubError as err:
+            raise ConfigError("model.path", str(err)) from None
+        say(f"model.path {path} resolved to {folder}")
+    else:
+        folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError("model.path", "model folder not found; give a local Hugging Face "
-                          "model folder (duet does not download models)", value=path)
+                          "model folder or a hub id ('Qwen/Qwen2.5-Math-1.5B')", value=path)
     if not (folder / "config.json").is_file():
         raise ConfigError("model.path", "no config.json in the model folder", value=path)
     check_vocabulary(folder)

@@ -78,5 +78,5 @@ def test_column_mapping_and_parquet_rows(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DatasetError, match="dataset file not found"):
+    with pytest.raises(DatasetError, match="none.jsonl.: file or folder not found"):
         DatasetTask(config(tmp_path / "none.jsonl"))
