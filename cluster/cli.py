@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="held-out accuracy of a model")
     common(evaluate)
-    evaluate.add_argument("--model", default=None, help="model folder (default: model.path)")
+    evaluate.add_argument("--model", default=None, help="model folder or hub id (default: model.path)")
     evaluate.add_argument("-k", type=int, default=None,
                           help="samples per prompt for mean@k (default: rollout.eval_k)")
     evaluate.set_defaults(func=cmd_eval)

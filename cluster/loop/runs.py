@@ -12,7 +12,7 @@ from cluster.contract.config import RunConfig
 from cluster.loop.driver import Driver, RunSummary
 from cluster.loop.launch import start_ray, start_rollouts
 from cluster.loop.progress import Progress
-from cluster.policy.models import resolve_model
+from cluster.policy.models import local_model, resolve_model
 from cluster.tools.data import preflight
 
 
@@ -50,7 +50,7 @@ def train(config: RunConfig, resume: bool = False) -> RunSummary:
 def evaluate_model(config: RunConfig, model: Optional[str], k: Optional[int]) -> Dict[str, object]:
     """``duet eval``: held-out greedy accuracy and mean@k of ``model`` (default model.path)."""
     start_ray(config)
-    path = Path(model) if model else resolve_model(config)
+    path = local_model(model) if model else resolve_model(config)
     actors = start_rollouts(config, str(path), run_dir_of(config) / "engines")
     got = ray.get(actors[0].evaluate.remote(None, k))
     return {"model": str(path), "greedy_accuracy": got["accuracy"],

@@ -64,3 +64,11 @@ def check_vocabulary(folder: Path) -> None:
         raise ConfigError("model.path", f"tokenizer has {len(tokenizer)} tokens but the model "
                           f"only {vocab} embeddings; they do not belong together",
                           value=str(folder))
+
+
+def local_model(value: str) -> Path:
+    """A model folder or hub id given on the command line (``duet eval --model``)."""
+    try:
+        return hub.resolve(value, "--model")
+    except hub.HubError as err:
+        raise ConfigError("--model", str(err)) from None

@@ -138,10 +138,12 @@ def test_the_paper_preset_compared_by_epochs_gives_the_papers_schedule(tmp_path)
     """10 epochs of 7.5k MATH prompts: 293 steps of 256 x 2 at 8e-6 against 2,344 of 32 x 16
     at 1e-6 (the linear rule), from the G=2 preset and a dataset of that size."""
     data = tmp_path / "math.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"{i}+{i}=?", "answer": str(2 * i)}) + "\n"
+    data.write_text("".join(json.dumps({"problem": f"{i}+{i}=?",
+                                        "solution": f"So \\boxed{{{2 * i}}}."}) + "\n"
                             for i in range(7500 + 500)))
     preset = TINY.parent / "qwen2.5-math-1.5b-g2.yaml"
-    base = load_config(preset, [f"task.path={data}", f"model.path={tmp_path}"])
+    base = load_config(preset, ["task.name=jsonl", f"task.path={data}",
+                                f"model.path={tmp_path}"])
     plan = plan_runs(base, ["2", "16"], tmp_path, base.compare.lr_rule, "epochs")
     two, sixteen = plan["2"][0], plan["16"][0]
     assert (two.steps, two.algo.prompts_per_step, two.learner.lr) == (293, 256, 8e-6)
