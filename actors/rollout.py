@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 
 from actors.cursor import CursorFile
-from actors.evaluation import evaluate
+from actors.evaluation import EvalSet, evaluate_shard, load_sets
 from actors.prompts import PromptRenderer
 from actors.reward import RewardPool
 from actors.tasks import Prompt, make_source, shard_positions
@@ -142,6 +142,7 @@ class RolloutWorker:
         self.config, self.sink = config, sink
         self.source = make_source(config.task, config.seed)
         self.renderer = PromptRenderer(config.task, self.tokenizer)
+        self._sets: Optional[Dict[str, EvalSet]] = None  # loaded on the first evaluation
         self.rewards = RewardPool(config.rollout.reward, config.rollout.reward_workers,
                                   config.rollout.reward_timeout_s)
         self.cursor_file = CursorFile(state_dir, self.worker)
@@ -156,8 +157,10 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ sampling and scoring
 
-    def sampling_params(self, seed: Optional[int], n: int, mode: str = "train"):
-        """vLLM sampling for 'train' rollouts, 'greedy' or 'eval' (mean@k) evaluation."""
+    def sampling_params(self, seed: Optional[int], n: int, mode: str = "train",
+                        max_tokens: Optional[int] = None):
+        """vLLM sampling for 'train' rollouts, 'greedy' or 'eval' (mean@k) evaluation;
+        ``max_tokens`` defaults to ``rollout.max_new_tokens``."""
         from vllm import SamplingParams
 
         r = self.config.rollout
@@ -172,7 +175,7 @@ class RolloutWorker:
         # flat form: a few lists per completion instead of a dict per token. Nothing reads
         # vLLM's text (``score`` decodes the ids once), so it does not detokenize.
         return SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
-                              max_tokens=r.max_new_tokens, seed=seed,
+                              max_tokens=max_tokens or r.max_new_tokens, seed=seed,
                               logprobs=0 if train else None, flat_logprobs=train,
                               detokenize=False,
                               min_tokens=r.min_new_tokens if train else 0,
@@ -183,12 +186,13 @@ class RolloutWorker:
         return self.tokenizer(self.renderer.render(prompt), add_special_tokens=False).input_ids
 
     def sample(self, prompts: Sequence[Prompt], seeds: Sequence[Optional[int]], n: int,
-                mode: str = "train", token_ids: Optional[List[List[int]]] = None):
+               mode: str = "train", token_ids: Optional[List[List[int]]] = None,
+               max_tokens: Optional[int] = None):
         from vllm.inputs import TokensPrompt
 
         token_ids = token_ids or [self._encode(p) for p in prompts]
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
-        params = [self.sampling_params(s, n, mode) for s in seeds]
+        params = [self.sampling_params(s, n, mode, max_tokens) for s in seeds]
         # The probe the last update still owes runs first in the same call: weights are
         # checked before anything they produced is used, at the cost of one short prompt.
         owed = self.weights.owed_probe()
@@ -337,14 +341,24 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------ evaluation, weights
 
-    def evaluate(self, prompts: Optional[List[Prompt]] = None, k: Optional[int] = None
-                 ) -> Dict[str, float]:
-        """Held-out greedy accuracy and mean@k (see ``actors.evaluation``)."""
+    def eval_set_sizes(self) -> Dict[str, int]:
+        """Prompts per evaluation set, in order (the driver splits each across engines)."""
+        return {name: len(s.prompts) for name, s in self._eval_sets().items()}
+
+    def evaluate(self, name: str, shard: int = 0, shards: int = 1, k: Optional[int] = None
+                 ) -> Dict[str, object]:
+        """Per-prompt rows of this engine's shard of evaluation set ``name`` (see
+        ``actors.evaluation``), with the policy version the engine held."""
         try:
-            return evaluate(self, prompts, k)
+            rows = evaluate_shard(self, self._eval_sets()[name], shard, shards, k)
         except WeightSyncError as err:  # the owed probe failed: the engine holds no version
-            return {"accuracy": float("nan"), "mean_at_k": float("nan"), "k": 0, "n": 0,
-                    "policy_version": self.policy_version, "error": str(err)}
+            return {"rows": [], "policy_version": self.policy_version, "error": str(err)}
+        return {"rows": rows, "policy_version": self.policy_version}
+
+    def _eval_sets(self) -> Dict[str, EvalSet]:
+        if self._sets is None:
+            self._sets = load_sets(self.config)
+        return self._sets
 
     def update_weights(self, manifest: WeightManifest, payload: Sequence[object]
                        ) -> Dict[str, float]:

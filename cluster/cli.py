@@ -94,7 +94,7 @@ def cmd_compare(args) -> int:
 def cmd_eval(args) -> int:
     from cluster.loop.runs import evaluate_model
 
-    print(json.dumps(evaluate_model(_config(args), args.model, args.k)))
+    print(json.dumps(evaluate_model(_config(args), args.model, args.k, args.out), indent=1))
     return 0
 
 
@@ -238,11 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: compare.budget)")
     compare.set_defaults(func=cmd_compare)
 
-    evaluate = sub.add_parser("eval", help="held-out accuracy of a model")
+    evaluate = sub.add_parser("eval", help="mean@k, pass@k and greedy accuracy of a model on "
+                              "every evaluation set; writes eval.json and per-prompt counts")
     common(evaluate)
     evaluate.add_argument("--model", default=None, help="model folder or hub id (default: model.path)")
     evaluate.add_argument("-k", type=int, default=None,
-                          help="samples per prompt for mean@k (default: rollout.eval_k)")
+                          help="samples per prompt for mean@k and pass@k, every set "
+                               "(default: each set's k, or rollout.eval_k)")
+    evaluate.add_argument("--out", default=None,
+                          help="folder for eval.json and <set>.jsonl (default: runs/<name>/eval)")
     evaluate.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="the dataset and template as the engine sees them: "

@@ -118,6 +118,66 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class EvalSetConfig:
+    """One evaluation set: prompts with answers, scored at the evaluation sampling settings
+    (``rollout.eval_temperature`` / ``eval_top_p`` / ``eval_top_k``) with the training task's
+    template, and read by the same loaders as training data."""
+
+    name: str = ""
+    """The set's name in metrics, files (``evals/step-<N>/<name>.jsonl``) and the report."""
+    task: str = "jsonl"
+    """'jsonl', 'parquet', 'hf' (as ``task.name``), or 'arithmetic' for a synthetic set."""
+    path: Optional[str] = None
+    """A file, folder or hub dataset id (as ``task.path``); unused for 'arithmetic'."""
+    data_files: Optional[str] = None
+    """A glob inside a folder or dataset repository (as ``task.data_files``)."""
+    prompt_key: str = "prompt"
+    """Column holding the prompt (a string or chat messages)."""
+    answer_key: str = "answer"
+    """Column holding the answer; a dotted path reaches nested fields."""
+    answer_from: Literal["field", "boxed"] = "field"
+    """'field', or 'boxed': the last \\boxed{} of that field."""
+    difficulty: int = 2
+    """'arithmetic' sets: digits per operand."""
+    size: int = 0
+    """Prompts to use (0: all rows; 'arithmetic' sets need a size)."""
+    k: int = 0
+    """Samples per prompt for mean@k, pass@k and maj@k (0: rollout.eval_k)."""
+    max_new_tokens: int = 0
+    """Longest completion (0: rollout.max_new_tokens)."""
+    greedy: bool = True
+    """Also score one greedy completion per prompt (greedy accuracy)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
+                 self.name, "must be a non-empty name of letters, digits, '-', '_' or '.'")
+        _require(self.task in ("arithmetic", "jsonl", "parquet", "hf"), "task", self.task,
+                 "must be 'arithmetic', 'jsonl', 'parquet' or 'hf'")
+        _require(self.task == "arithmetic" or bool(self.path), "path", self.path,
+                 f"is required for a '{self.task}' set")
+        _require(self.task != "arithmetic" or self.size > 0, "size", self.size,
+                 "an 'arithmetic' set needs size > 0")
+        for key in ("size", "k", "max_new_tokens"):
+            _require(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every evaluation scores: the training task's held-out split and further sets."""
+
+    held_out: bool = True
+    """Score the training task's held-out split (task.eval_size prompts) as set 'held_out'."""
+    sets: Tuple[EvalSetConfig, ...] = ()
+    """Further evaluation sets, each {name, task, path, prompt_key, answer_key, answer_from,
+    k, max_new_tokens, ...}; the report's table has a column pair per set."""
+
+    def __post_init__(self) -> None:
+        names = (["held_out"] if self.held_out else []) + [s.name for s in self.sets]
+        _require(len(set(names)) == len(names), "sets", names, "set names must be distinct "
+                 "('held_out' is the training task's held-out split)")
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     """Rollout workers: the vLLM engines that sample completions."""
 
@@ -490,6 +550,8 @@ class RunConfig:
     """Ray placement and metrics."""
     compare: CompareConfig = field(default_factory=CompareConfig)
     """The arms of `duet compare`."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation sets and what is scored on them."""
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "name", self.name,

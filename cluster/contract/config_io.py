@@ -87,6 +87,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is Union:
         return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, Tuple) and typing.get_args(tp)[-1:] == (Ellipsis,):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
     if origin in (tuple, Tuple):
         return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
     return getattr(tp, "__name__", str(tp))
@@ -116,6 +118,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
         raise ConfigError(key, f"expected one of {_type_name(tp)}", value=value,
                           hint=f"did you mean {close[0]!r}?" if close else None)
+    if origin in (tuple, Tuple) and typing.get_args(tp)[-1:] == (Ellipsis,):
+        # A list of one type: dataclass items are built (and checked) like sections.
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, "expected a list", value=value)
+        if dataclasses.is_dataclass(item):
+            return tuple(build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (tuple, Tuple):
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

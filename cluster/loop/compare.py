@@ -173,6 +173,8 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
     widest = max((runs[base.seed] for runs in plan.values()), key=lambda c: c.algo.group_size)
     preflight(widest, model_path, Path(out_dir), say)  # before any engine starts
     actors = start_rollouts(widest, str(model_path), out_dir / "engines")
+    # The table's base row: the shared starting weights, evaluated once on every set.
+    base_eval = evaluate_base(actors, Path(out_dir) / BASE_DIR, say)
     results: Dict[str, Dict[int, object]] = {arm: {} for arm in arms}
     for seed in seeds_of(base):
         for arm in arms:
@@ -187,4 +189,19 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
                             if progress else None)
             results[arm][seed] = {"config": config, "summary": driver.run(),
                                   "seconds": time.perf_counter() - started}
-    return {"arms": results, "model_path": str(model_path)}
+    return {"arms": results, "model_path": str(model_path), "base": base_eval}
+
+
+BASE_DIR = "base"
+
+
+def evaluate_base(actors: list, out: Path, say: Callable[[str], None]) -> Dict[str, object]:
+    """The starting weights on every evaluation set: ``<out>/eval.json`` + per-prompt files."""
+    from cluster.loop.evaluation import evaluate_sets, write_eval_json
+
+    result = evaluate_sets(actors, out, version=0)  # fresh engines: the starting weights
+    write_eval_json(out, result)
+    avg = result["average"]
+    say(f"base model: mean@k {avg['mean_at_k']:.1%}, pass@k {avg['pass_at_k']:.1%} averaged "
+        f"over {len(result['sets'])} set(s), in {result['seconds']:.1f} s")
+    return result

@@ -36,6 +36,7 @@ from cluster.loop.checkpoint import (
     record_reference,
     write_checkpoint,
 )
+from cluster.loop.evaluation import StaleEvaluation, evaluate_sets
 from cluster.loop.metrics import LoopMetrics
 from cluster.loop.placement import learner_placement
 from cluster.loop.run_log import RunLog
@@ -303,25 +304,33 @@ class Driver:
         return (batch if offsets else None), offsets, info
 
     def _evaluate(self, step: int, version: int) -> Dict[str, float]:
-        """Held-out evaluation on engine 0, of exactly ``version``: an engine Ray restarted
-        during the call ran the retried call on its initial weights, so it is resynced and
-        asked again."""
+        """Every evaluation set on all engines, of exactly ``version``: an engine Ray
+        restarted during the call ran the retried call on its initial weights, so it is
+        resynced and asked again. Per-prompt rows go to ``evals/step-<N>/<set>.jsonl``."""
         for _ in range(MAX_EVAL_TRIES):
             self._resync_restarted_actors(version)
-            result = ray.get(self.actors[0].evaluate.remote())
-            if result["policy_version"] == version:
+            try:
+                result = evaluate_sets(self.actors, self.run_dir / "evals" / f"step-{step}",
+                                       version)
                 break
-            self.log.write("eval_retry", step=step, policy_version=version,
-                           engine_policy_version=result["policy_version"])
+            except StaleEvaluation as err:
+                self.log.write("eval_retry", step=step, policy_version=version,
+                               engine_policy_versions=err.versions)
         else:
             raise RunFailed(f"evaluation at step {step} never ran on policy version {version}: "
-                            f"rollout actor 0 restarted during each of {MAX_EVAL_TRIES} tries")
-        row = {"step": step, "policy_version": version, "accuracy": result["accuracy"],
-               "mean_at_k": result["mean_at_k"], "k": result["k"],
-               "n": result["n"], "rollouts": self.summary.rollouts,
+                            f"a rollout actor restarted during each of {MAX_EVAL_TRIES} tries")
+        sets, avg = result["sets"], result["average"]
+        # accuracy / mean_at_k / pass_at_k: the average over sets (the paper's "average"
+        # column), which the progress line and the report's headline use.
+        row = {"step": step, "policy_version": version, "accuracy": avg["accuracy"],
+               "mean_at_k": avg["mean_at_k"], "pass_at_k": avg["pass_at_k"],
+               "k": max(s["k"] for s in sets.values()), "n": sum(s["n"] for s in sets.values()),
+               "sets": sets, "eval_s": result["seconds"], "rollouts": self.summary.rollouts,
                "wall_s": time.perf_counter() - self._t0}
         self.summary.eval.append(row)
         self.log.write("eval", **row)
+        for name, summary in sets.items():
+            self.log.write("eval_set", step=step, policy_version=version, set=name, **summary)
         self.metrics.eval(row)
         self.progress({"kind": "eval", **row})
         return row

@@ -68,10 +68,16 @@ class LoopMetrics:
             max(0.0, get("step_s") - get("learner_seconds")))
 
     def eval(self, row: Dict[str, object]) -> None:
-        for metric, key in (("greedy", "accuracy"), ("mean_at_k", "mean_at_k")):
+        figures = (("greedy", "accuracy"), ("mean_at_k", "mean_at_k"), ("pass_at_k", "pass_at_k"))
+        for metric, key in figures:
             value = row.get(key)
             if value is not None:
                 self._c("duet_eval_accuracy", metric=metric).set(float(value))
+        for name, summary in (row.get("sets") or {}).items():
+            for metric, key in figures + (("maj_at_k", "maj_at_k"),):
+                value = summary.get(key)
+                if value is not None:
+                    self._c("duet_eval_set_accuracy", set=name, metric=metric).set(float(value))
 
     def dropped(self, reason: str, count: int) -> None:
         if count:

@@ -28,10 +28,15 @@ class Progress:
             self._print(f"{self.label}{row['message']}")
             return
         if row["kind"] == "eval":
-            self.last_acc = float(row["accuracy"])
-            line = (f"{self.label}eval @ step {row['step']}: held-out greedy accuracy "
-                    f"{self.last_acc:.1%}, mean@{row['k']} {row['mean_at_k']:.1%} "
-                    f"({row['n']} prompts)")
+            self.last_acc = float(row["accuracy"]) if row.get("accuracy") is not None else None
+            sets = row.get("sets") or {}
+            each = "; ".join(f"{name} {s['mean_at_k']:.1%} / {s['pass_at_k']:.1%}"
+                             for name, s in sets.items())
+            greedy = "—" if self.last_acc is None else f"{self.last_acc:.1%}"
+            line = (f"{self.label}eval @ step {row['step']}: over {len(sets) or 1} set(s) "
+                    f"greedy {greedy}, mean@k {row['mean_at_k']:.1%}, "
+                    f"pass@k {row.get('pass_at_k') or float('nan'):.1%} ({row['n']} prompts"
+                    + (f"; mean@k / pass@k: {each}" if len(sets) > 1 else "") + ")")
             self._print(line)
             return
         step = int(row["step"])

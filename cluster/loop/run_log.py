@@ -42,16 +42,23 @@ class RunLog:
         rows = read_rows(self.path)
         if not rows:
             return
-        keys: List[str] = []
-        for row in rows:
-            keys.extend(k for k in row if k not in keys)
-        table = pa.table({k: [row.get(k) for row in rows] for k in keys})
+        table = flat_table(rows)
         stem = self.path.with_suffix("")
         for suffix, write in ((".parquet", lambda t, p: pq.write_table(t, p)),
                               (".csv", lambda t, p: pacsv.write_csv(t, p))):
             tmp = Path(f"{stem}{suffix}.tmp")
             write(table, str(tmp))
             os.replace(tmp, f"{stem}{suffix}")
+
+
+def flat_table(rows: List[Dict[str, object]]) -> pa.Table:
+    """Rows as one table, a column per key; a nested mapping (an evaluation's per-set
+    figures) becomes its JSON text, which CSV can hold."""
+    keys: List[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    return pa.table({k: [json.dumps(v) if isinstance(v, dict) else v
+                         for v in (row.get(k) for row in rows)] for k in keys})
 
 
 def read_rows(path: Path, kind: Optional[str] = None) -> List[Dict[str, object]]:

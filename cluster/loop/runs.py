@@ -6,11 +6,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-import ray
-
 from cluster.contract.config import RunConfig
 from cluster.loop.driver import Driver, RunSummary
-from cluster.loop.launch import start_ray, start_rollouts
+from cluster.loop.launch import start_ray, start_rollouts, stop_rollouts
 from cluster.loop.progress import Progress
 from cluster.policy.models import local_model, resolve_model
 from cluster.tools.data import preflight
@@ -47,11 +45,19 @@ def train(config: RunConfig, resume: bool = False) -> RunSummary:
         progress.close()
 
 
-def evaluate_model(config: RunConfig, model: Optional[str], k: Optional[int]) -> Dict[str, object]:
-    """``duet eval``: held-out greedy accuracy and mean@k of ``model`` (default model.path)."""
+def evaluate_model(config: RunConfig, model: Optional[str], k: Optional[int],
+                   out_dir: Optional[str] = None) -> Dict[str, object]:
+    """``duet eval``: every evaluation set on ``model`` (default model.path), split across
+    the engines; writes ``<out>/eval.json`` and the per-prompt ``<out>/<set>.jsonl``."""
+    from cluster.loop.evaluation import eval_json, evaluate_sets, write_eval_json
+
     start_ray(config)
     path = local_model(model) if model else resolve_model(config)
-    actors = start_rollouts(config, str(path), run_dir_of(config) / "engines")
-    got = ray.get(actors[0].evaluate.remote(None, k))
-    return {"model": str(path), "greedy_accuracy": got["accuracy"],
-            f"mean@{got['k']}": got["mean_at_k"], "n": got["n"]}
+    out = Path(out_dir) if out_dir else run_dir_of(config) / "eval"
+    actors = start_rollouts(config, str(path), out / "engines")
+    try:
+        result = evaluate_sets(actors, out, k=k)
+    finally:
+        stop_rollouts(actors)
+    written = write_eval_json(out, result)
+    return {"model": str(path), "eval_json": str(written), **eval_json(result)}

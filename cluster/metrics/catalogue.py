@@ -112,8 +112,11 @@ CATALOGUE: Tuple[MetricSpec, ...] = (
     MetricSpec("duet_actor_restarts", "counter",
                "Actors restarted after a failure, by role (rollout, learner).", ("run", "role")),
     MetricSpec("duet_eval_accuracy", "gauge",
-               "Held-out accuracy at the last evaluation, by metric (greedy, mean_at_k).",
-               ("run", "metric")),
+               "Accuracy at the last evaluation, averaged over the evaluation sets, by metric "
+               "(greedy, mean_at_k, pass_at_k).", ("run", "metric")),
+    MetricSpec("duet_eval_set_accuracy", "gauge",
+               "Accuracy at the last evaluation on one evaluation set, by metric (greedy, "
+               "mean_at_k, pass_at_k at the set's k, maj_at_k).", ("run", "set", "metric")),
 )
 
 _BY_NAME: Dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}

@@ -16,12 +16,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cluster.loop.run_log import read_rows
+from cluster.loop.run_log import flat_table, read_rows
 from cluster.tools import paper
+from cluster.tools.table import paper_table, table_markdown
 
 Runs = Dict[str, Dict[int, Path]]  # arm -> seed -> run folder
 
@@ -135,8 +135,9 @@ def headline(r: Dict[str, Dict[str, object]], small: str, large: str, k: object,
             f"{frac.numerator}/{frac.denominator} of the rollouts"
             if abs(float(frac) - rollouts) < 1e-9 else f"{rollouts:.1%} of the rollouts")
     over = f"median (min–max) over {seeds} seeds" if seeds > 1 else "one seed"
-    return (f"{small}-GRPO reached {ranged('mean_at_k')} of {large}-GRPO's held-out accuracy "
-            f"(mean@{k}) in {ranged('training_time')} of its training time, using {used} "
+    return (f"{small}-GRPO reached {ranged('mean_at_k')} of {large}-GRPO's accuracy "
+            f"(mean@{k}, averaged over the evaluation sets) in {ranged('training_time')} "
+            f"of its training time, using {used} "
             f"({over}; the paper: {paper.ACCURACY_RATIO:.1%} in ~{paper.TIME_RATIO:.0%}, "
             "using 1/8 of the rollouts).")
 
@@ -171,6 +172,10 @@ def write_report(run_dir: Path, title: str = "duet: 2-GRPO vs 16-GRPO") -> Path:
     note = _config_note(runs)
     if note:
         lines += [note, ""]
+    table = paper_table(run_dir, runs)
+    summary["table"] = table
+    if table["sets"]:
+        lines += table_markdown(table)
     lines += _per_seed_table(numbers, k)
     for arm, per_seed in numbers.items():
         summary["arms"][arm] = {
@@ -302,10 +307,7 @@ def _write_tables(run_dir: Path, runs: Runs) -> None:
             for row in read_rows(folder / "metrics.jsonl"):
                 if row.get("kind") in ("step", "eval"):
                     rows.append({"arm": arm, "seed": seed, **row})
-    keys: List[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    table = pa.table({k: [r.get(k) for r in rows] for k in keys})
+    table = flat_table(rows)
     pq.write_table(table, run_dir / "metrics.parquet")
     pacsv.write_csv(table, run_dir / "metrics.csv")
 

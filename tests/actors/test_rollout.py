@@ -174,8 +174,9 @@ def test_a_probe_left_to_the_next_call_checks_the_weights_before_any_sample_leav
     assert ray.get(actor.state.remote())["policy_version"] == -1
     assert drain(queue).offsets == []
     stream(lying)  # an evaluation is the next call: it says the same
-    result = ray.get(actor.evaluate.remote())
+    result = ray.get(actor.evaluate.remote("held_out"))
     assert result["policy_version"] == -1 and "failed verification" in result["error"]
+    assert result["rows"] == []
 
     stream(honest)
     stats = ray.get(actor.generate.remote(2))

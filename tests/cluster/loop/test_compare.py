@@ -15,7 +15,9 @@ import yaml
 
 from actors.tasks import DatasetTask
 from cluster.contract.config import load_config
+from cluster.contract.estimators import summarize
 from cluster.loop.compare import plan_runs, run_dir_of
+from cluster.loop.evaluation import read_rows as read_prompt_rows
 from cluster.tools.report import run_numbers, write_report
 
 TINY = Path(__file__).resolve().parents[3] / "deploy" / "configs" / "tiny-cpu.yaml"
@@ -102,7 +104,7 @@ def test_report_ratios_are_the_ones_recomputed_from_metrics_csv(tmp_path):
     accuracy = saved["ratios"]["mean_at_k"]
     assert report.startswith("# duet") and (
         f"2-GRPO reached {accuracy['median']:.1%} ({accuracy['min']:.1%}–{accuracy['max']:.1%})"
-        " of 16-GRPO's held-out accuracy (mean@8)") in report
+        " of 16-GRPO's accuracy (mean@8, averaged over the evaluation sets)") in report
     assert "using 1/8 of the rollouts (median (min–max) over 3 seeds" in report
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
@@ -127,8 +129,33 @@ def test_compare_end_to_end_over_seeds_and_a_group_size_sweep(tmp_path):
             row = re.search(rf"^\| {arm}-GRPO \| {seed} \| (.*)$", report, re.M).group(1)
             assert row.startswith(f"{steps} | {steps * 64} | ")
     assert saved["ratios"]["rollouts"]["median"] == pytest.approx(1 / 8)
-    assert "of 16-GRPO's held-out accuracy (mean@8)" in report
+    assert "of 16-GRPO's accuracy (mean@8, averaged over the evaluation sets)" in report
     assert "## Against the group size" in report
+
+    # The paper's table: the base row (the shared starting weights, evaluated once) and an
+    # arm row per G, each cell recomputed from the per-prompt files of the final evaluations.
+    base = json.loads((run / "base" / "eval.json").read_text())
+    assert list(base["sets"]) == ["held_out", "one_digit"]  # the preset's two sets
+    table = saved["table"]
+    assert table["sets"] == ["held_out", "one_digit"]
+    assert [r["name"] for r in table["rows"]] == ["base", "2-GRPO", "4-GRPO", "16-GRPO"]
+    for name in table["sets"]:
+        rows = read_prompt_rows(run / "base" / f"{name}.jsonl")
+        assert table["rows"][0]["sets"][name]["pass_at_k"] == pytest.approx(
+            summarize(rows, rows[0]["n"])["pass_at_k"])
+    for row in table["rows"][1:]:
+        arm = row["name"].split("-")[0]
+        for name in table["sets"]:
+            values = []
+            for seed in (0, 1):
+                evals = run_dir_of(run, arm, seed) / "evals"
+                last = max(int(p.name[len("step-"):]) for p in evals.glob("step-*"))
+                rows = read_prompt_rows(evals / f"step-{last}" / f"{name}.jsonl")
+                values.append(summarize(rows, rows[0]["n"])["pass_at_k"])
+            assert row["sets"][name]["pass_at_k"]["median"] == pytest.approx(
+                statistics.median(values))
+    assert "## Table: base and arms on every evaluation set" in report
+    assert re.search(r"^\| base \| ", report, re.M)
     audit = subprocess.run([sys.executable, "-m", "cluster.cli", "audit", str(run)],
                            capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stdout[-2000:]

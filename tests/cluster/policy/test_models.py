@@ -14,7 +14,7 @@ def resolve(path, *extra):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.path.*model folder not found.*does not download"):
+    with pytest.raises(ConfigError, match=r"model\.path.*model folder not found.*or a hub id"):
         resolve(tmp_path / "nope")
 
 
