@@ -52,12 +52,12 @@ class RunLog:
 
 
 def flat_table(rows: List[Dict[str, object]]) -> pa.Table:
-    """Rows as one table, a column per key; a nested mapping (an evaluation's per-set
-    figures) becomes its JSON text, which CSV can hold."""
+    """Rows as one table, a column per key; a nested mapping or list (an evaluation's
+    per-set figures, a retry's engine versions) becomes its JSON text, which CSV can hold."""
     keys: List[str] = []
     for row in rows:
         keys.extend(k for k in row if k not in keys)
-    return pa.table({k: [json.dumps(v) if isinstance(v, dict) else v
+    return pa.table({k: [json.dumps(v) if isinstance(v, (dict, list)) else v
                          for v in (row.get(k) for row in rows)] for k in keys})
 
 

@@ -164,7 +164,7 @@ def test_engine_killed_as_an_evaluation_starts(engines, tiny_model_path, tmp_pat
     finish_clean(driver, tmp_path, restarts=0)
     assert "killed" in state
     retries = read_rows(tmp_path / "metrics.jsonl", "eval_retry")
-    assert [r["engine_policy_version"] for r in retries] == [-1]  # caught, then redone
+    assert [r["engine_policy_versions"] for r in retries] == [[-1]]  # caught, then redone
     evals = [e for e in driver.summary.eval if e["step"] == 2]
     assert len(evals) == 1 and evals[0]["policy_version"] == 2
 
