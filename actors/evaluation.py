@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 from actors.tasks import ArithmeticTask, DatasetTask
 from actors.tasks.answers import last_boxed
 from actors.tasks.base import Prompt
+from cluster.contract.estimators import majority_correct
 
 HELD_OUT = "held_out"
 
@@ -87,9 +88,8 @@ def evaluate_shard(worker, eval_set: EvalSet, shard: int, shards: int,
     # change what is sampled.
     seeds = [(worker.config.seed * 7919 + i) % 2**31 for i in indices]
     _, outputs = worker.sample(prompts, seeds, k, "eval", max_tokens=eval_set.max_new_tokens)
-    texts = [[worker.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in o.outputs]
-             for o in outputs]
-    values, statuses = worker.score(prompts, outputs)
+    texts = worker.decode(outputs)  # scored, and compared by majority voting
+    values, statuses = worker.score(prompts, outputs, texts)
     greedy_ok: List[Optional[bool]] = [None] * len(prompts)
     if eval_set.greedy:
         _, greedy = worker.sample(prompts, [None] * len(prompts), 1, "greedy",
@@ -102,12 +102,6 @@ def evaluate_shard(worker, eval_set: EvalSet, shard: int, shards: int,
         correct = [st == "ok" and v > 0 for v, st in zip(vals, sts)]
         rows.append({"index": i, "prompt_id": prompt.prompt_id, "n": k,
                      "correct": sum(correct), "greedy": greedy_ok[j],
-                     "majority": _majority([answer_key(t) for t in texts[j]], correct),
+                     "majority": majority_correct([answer_key(t) for t in texts[j]], correct),
                      "errors": sum(st != "ok" for st in sts)})
     return rows
-
-
-def _majority(answers, correct) -> bool:
-    from cluster.contract.estimators import majority_correct
-
-    return majority_correct(answers, correct)

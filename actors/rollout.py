@@ -209,17 +209,22 @@ class RolloutWorker:
                 raise
         return token_ids, outputs
 
-    def score(self, prompts: Sequence[Prompt], outputs) -> Tuple[List[float], List[str]]:
-        """Decode every completion of every prompt and score it against the prompt's answer.
+    def decode(self, outputs) -> List[List[str]]:
+        """Every completion's text, per prompt."""
+        return [[self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+                 for c in out.outputs] for out in outputs]
+
+    def score(self, prompts: Sequence[Prompt], outputs,
+              texts: Optional[List[List[str]]] = None) -> Tuple[List[float], List[str]]:
+        """Score every completion of every prompt against the prompt's answer (``texts``:
+        the completions already decoded, else decoded here).
 
         Returns rewards and statuses flat, prompt-major: (P x n,).
         """
-        texts, answers = [], []
-        for prompt, out in zip(prompts, outputs):
-            for c in out.outputs:
-                texts.append(self.tokenizer.decode(c.token_ids, skip_special_tokens=True))
-                answers.append(prompt.answer)
-        return self.rewards.score(texts, answers)
+        texts = texts if texts is not None else self.decode(outputs)
+        flat = [t for per_prompt in texts for t in per_prompt]
+        answers = [p.answer for p, per_prompt in zip(prompts, texts) for _ in per_prompt]
+        return self.rewards.score(flat, answers)
 
     # ------------------------------------------------------------------ groups
 

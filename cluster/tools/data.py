@@ -176,7 +176,7 @@ def dry_run_check(config: RunConfig) -> str:
         if not hub.is_repo_id(value):
             return False
         try:
-            hub.resolve(value, "", kind) if hub.offline() else _cached(value, kind)
+            _cached(value, kind)
             return True
         except Exception:  # not in the cache: checked at start instead
             return False
