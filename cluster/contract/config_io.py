@@ -113,6 +113,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise wrong
     if origin is Literal:
+        # YAML 1.1 reads a bare off / on as a boolean; where the choices spell them, the
+        # user meant the word.
+        word = {False: "off", True: "on"}.get(value) if isinstance(value, bool) else None
+        if word in typing.get_args(tp):
+            return word
         if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)

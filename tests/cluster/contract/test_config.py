@@ -180,3 +180,16 @@ def test_colocated_bundles_hold_an_engine_and_a_rank_on_one_set_of_gpus():
     assert config.cluster.shared_actor_options("learner")["num_gpus"] == 0.5
     assert config.gpus == 4  # not 8: each rank shares an engine's GPU
     assert config.rollout.gpu_memory_utilization == 0.425  # half of a split engine's
+
+
+def test_a_bare_off_in_yaml_is_the_word_where_the_choices_spell_it(tmp_path):
+    """YAML 1.1 reads ``off`` as false; ``learner.skip_zero_advantage: off`` still means off,
+    and a boolean where no choice spells it stays an error."""
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  skip_zero_advantage: off\n")
+    assert load_config(str(path)).learner.skip_zero_advantage == "off"
+    assert load_config(None, ["learner.skip_zero_advantage=off"]).learner.skip_zero_advantage == "off"
+    with pytest.raises(ConfigError, match="skip_zero_advantage"):
+        load_config(None, ["learner.skip_zero_advantage=true"])
+    with pytest.raises(ConfigError, match="algo.aggregation"):
+        load_config(None, ["algo.aggregation=off"])
