@@ -13,7 +13,7 @@ from learner.rank import LearnerRank, micro_batches, token_logprobs
 
 
 def duet_step(rank: LearnerRank, batch) -> Dict[str, float]:
-    """duet's own step (group sharding, micro-batches, advantages, the GRPO loss, one update)."""
+    """duet's own step (rows dealt to ranks, micro-batches, advantages, the GRPO loss, one update)."""
     start = time.perf_counter()
     metrics = rank.train_step(batch)
     return {"tokens": metrics["tokens"], "seconds": time.perf_counter() - start}
@@ -23,17 +23,13 @@ def raw_step(rank: LearnerRank, batch) -> Dict[str, float]:
     """The plainest DeepSpeed loop over this rank's rows: forward, mean logp, backward, step."""
     start = time.perf_counter()
     t = to_tensors(batch)
-    size = t.group_size
-    groups = list(range(t.rewards.shape[0]))
-    rows = rank._rows_of(groups, size, rank.rank)
     lengths = t.attention_mask.sum(1)
-    plans = [micro_batches(rank._rows_of(groups, size, r), lengths,
-                           rank.config.learner.micro_batch_tokens) for r in range(rank.world_size)]
+    plans = rank.plan(range(t.input_ids.shape[0]), lengths)
     count = max(len(p) for p in plans)
     mine = plans[rank.rank] + [[]] * (count - len(plans[rank.rank]))
     tokens = 0
     for i, chunk in enumerate(mine):
-        chunk = chunk or rows[:1]
+        chunk = chunk or [0]
         width = int(lengths[chunk].max())
         dev = rank.device
         logp = token_logprobs(rank.engine, t.input_ids[chunk, :width].to(dev),

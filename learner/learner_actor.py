@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.contract.config import RunConfig
 from cluster.contract.schema import to_ipc
 from cluster.contract.weights import BUCKET_BYTES
-from learner.rank import LearnerRank
+from learner.rank import SHARES, LearnerRank
 
 LearnerActor = ray.remote(num_cpus=1, max_restarts=0)(LearnerRank)
 
@@ -106,20 +106,22 @@ def sharing_of(group: PlacementGroup, count: int) -> List[int]:
 
 
 def combine_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
-    """Rank metrics -> step metrics: counts summed, averages weighted by tokens, time max."""
-    summed = ("tokens", "skipped_updates")
+    """Rank metrics -> step metrics: counts, loss shares and clip-fraction shares summed,
+    whole-step figures from rank 0, the other averages weighted by computed tokens, time max."""
+    summed = ("tokens", "skipped_updates", "rows_computed", "tokens_computed", "loss",
+              "pg_loss", *SHARES)
+    whole_step = ("groups", "informative_groups", "reward_mean", "lr", "rows_received",
+                  "tokens_received")
     first = per_rank[0]
     total = sum(m["tokens"] for m in per_rank) or 1.0
     out: Dict[str, float] = {}
     for key in first:
         if key in summed:
             out[key] = sum(m[key] for m in per_rank)
-        elif key in ("groups", "informative_groups", "reward_mean", "lr"):
+        elif key in whole_step:
             out[key] = first[key]  # every rank saw the whole step
         elif key == "learner_seconds":
             out[key] = max(m[key] for m in per_rank)
-        elif key == "loss":
-            out[key] = sum(m[key] for m in per_rank)
         else:
             out[key] = sum(m[key] * m["tokens"] for m in per_rank) / total
     return out

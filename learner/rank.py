@@ -1,12 +1,14 @@
 """One learner rank: shard a step's groups, micro-batch by tokens, train with the pure core.
 
 Every rank receives the whole step (a group record batch through the Ray object store) and
-takes its own groups: group i of a mini-batch goes to rank i mod W, so a group is never split
-across ranks and advantages come from each group's rewards (P, G), never from row order.
-Each rank passes the mini-batch's *global* token and sequence counts to ``policy_loss``, so
-the per-rank losses sum to the whole-batch loss; the loss is multiplied by W because
-DeepSpeed averages gradients over ranks. Ranks run the same number of micro-batches (padded
-with empty ones), as ZeRO-3 needs every rank in every collective.
+computes every group's advantages from its rewards (P, G), never from row order. The rows
+an update computes (all of them, or with ``learner.skip_zero_advantage`` those whose
+advantage is not exactly zero) are then dealt to ranks by tokens, and each rank packs its
+share into micro-batches. Each rank passes the mini-batch's *global* token and sequence
+counts to ``policy_loss``, so the per-rank losses sum to the whole-batch loss whichever rows
+were computed where; the loss is multiplied by W because DeepSpeed averages gradients over
+ranks. Ranks run the same number of micro-batches (padded with empty ones), as ZeRO-3 needs
+every rank in every collective.
 
 Batches arrive on the CPU (Arrow) and each micro-batch moves to the engine's device, so the
 same code trains on gloo/CPU and NCCL/GPU. Ray is imported only where a rank talks to it
@@ -72,6 +74,25 @@ def micro_batches(rows: Sequence[int], lengths: torch.Tensor, token_budget: int)
     return out
 
 
+# Token fractions that skipped rows would add nothing to (a zero advantage clips nothing):
+# each rank reports its hits over the whole mini-batch's tokens, and the ranks' shares sum to
+# the fraction computing every row gives.
+SHARES = ("clip_frac", "dual_clip_frac")
+
+
+def balance(rows: Sequence[int], lengths: torch.Tensor, world_size: int) -> List[List[int]]:
+    """``rows`` dealt to ``world_size`` ranks by tokens: longest first, each to the rank
+    holding the fewest tokens so far (ties: the lower rank), so ranks finish together
+    whichever rows were skipped. Deterministic: every rank computes the same deal."""
+    shares: List[List[int]] = [[] for _ in range(world_size)]
+    loads = [0] * world_size
+    for r in sorted(rows, key=lambda r: (-int(lengths[r]), r)):
+        k = min(range(world_size), key=lambda i: (loads[i], i))
+        shares[k].append(r)
+        loads[k] += int(lengths[r])
+    return shares
+
+
 class LearnerRank:
     """One data-parallel learner process holding a DeepSpeed engine."""
 
@@ -80,6 +101,7 @@ class LearnerRank:
         own node, on a port the OS picks and the store holds, so no port is released
         before use and ranks on other nodes find it (``rendezvous``, then ``start``)."""
         self.config, self.rank, self.world_size = config, rank, world_size
+        self.skips_zero_advantage, self.skip_reason = config.zero_advantage_skip()
         torch.manual_seed(config.seed + rank)
         self._store = None
         if rank == 0:
@@ -134,6 +156,8 @@ class LearnerRank:
         if self.reference is not None:
             self.reference.to(self.device)
         self._ds = ds
+        if self.rank == 0 and self.skip_reason and config.learner.skip_zero_advantage == "auto":
+            print(f"learner: computing zero-advantage rows too ({self.skip_reason})", flush=True)
         self._probe_guess: Tuple[int, ...] = ()  # the last probe's greedy tokens
         self.steps_done = 0
         self.bad_steps = 0
@@ -142,7 +166,13 @@ class LearnerRank:
 
     def train_step(self, batch: Union[pa.RecordBatch, bytes]) -> Dict[str, float]:
         """One optimizer step per mini-batch, over ``ppo_epochs`` passes; returns metrics.
-        ``batch``: a record batch, or one as an Arrow IPC stream (``to_ipc``)."""
+        ``batch``: a record batch, or one as an Arrow IPC stream (``to_ipc``).
+
+        Rows whose advantage is exactly zero are skipped where that is exact
+        (``RunConfig.zero_advantage_skip``): their loss and its gradient are exactly zero
+        at kl_coef 0, and the normalisers below stay the whole mini-batch's, so only the
+        work changes. ``rows_computed`` / ``tokens_computed`` (this rank's, one pass) and
+        ``rows_received`` / ``tokens_received`` (the step's) show what it saved."""
         start = time.perf_counter()
         if not isinstance(batch, pa.RecordBatch):
             batch = from_ipc(batch)
@@ -150,18 +180,27 @@ class LearnerRank:
         t = to_tensors(batch)
         advantages = compute_advantages(t.rewards, algo.advantage, algo.std, algo.eps)  # (P, G)
         row_adv = advantages.reshape(-1)  # (B,): rows are group-major by construction
+        # (B,) rows that get a forward. ``!= 0`` keeps NaN rows, so a NaN advantage still
+        # makes the update non-finite (and skipped) exactly as computing it would.
+        computed = row_adv != 0 if self.skips_zero_advantage else torch.ones_like(row_adv, dtype=torch.bool)
         lengths = t.attention_mask.sum(1)
-        old_logp = self._old_logprobs(t) if (algo.ppo_epochs > 1 or algo.mini_batches > 1) else None
+        old_logp = (self._old_logprobs(t, computed)
+                    if (algo.ppo_epochs > 1 or algo.mini_batches > 1) else None)
         num_groups = t.rewards.shape[0]
         bounds = [round(num_groups * k / algo.mini_batches) for k in range(algo.mini_batches + 1)]
         minis = [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
         sums: Dict[str, float] = {}
         tokens = 0
         skipped = 0
-        for _ in range(algo.ppo_epochs):
+        rows_computed = tokens_computed = 0
+        for epoch in range(algo.ppo_epochs):
             for groups in minis:
-                metrics, n_tokens, ok = self._train_minibatch(t, groups, row_adv, old_logp, lengths)
+                metrics, n_rows, n_tokens, ok = self._train_minibatch(
+                    t, groups, row_adv, old_logp, lengths, computed)
                 tokens += n_tokens
+                if epoch == 0:
+                    rows_computed += n_rows
+                    tokens_computed += n_tokens
                 skipped += not ok
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -169,6 +208,10 @@ class LearnerRank:
         out = {k: v / updates for k, v in sums.items()}
         out.update({
             "tokens": float(tokens),
+            "rows_computed": float(rows_computed),
+            "tokens_computed": float(tokens_computed),
+            "rows_received": float(t.input_ids.shape[0]),
+            "tokens_received": float(t.completion_mask[:, 1:].sum()),
             "groups": float(num_groups),
             "informative_groups": float(informative(t.rewards).sum()),
             "reward_mean": float(t.rewards.mean()),
@@ -179,33 +222,43 @@ class LearnerRank:
         self.steps_done += 1
         return out
 
-    def _rows_of(self, groups: Sequence[int], group_size: int, rank: int) -> List[int]:
-        mine = [g for i, g in enumerate(groups) if i % self.world_size == rank]
-        return [g * group_size + j for g in mine for j in range(group_size)]
+    def plan(self, rows: Sequence[int], lengths: torch.Tensor) -> List[List[List[int]]]:
+        """Every rank's micro-batches for ``rows`` (the rows computed in one update), the
+        same on every rank: rows dealt to ranks by tokens (``balance``), then packed under
+        ``learner.micro_batch_tokens`` (``micro_batches``)."""
+        budget = self.config.learner.micro_batch_tokens
+        return [micro_batches(share, lengths, budget)
+                for share in balance(rows, lengths, self.world_size)]
 
     def _train_minibatch(self, t: TrainBatch, groups: Sequence[int], row_adv: torch.Tensor,
-                         old_logp: Optional[torch.Tensor], lengths: torch.Tensor
-                         ) -> Tuple[Dict[str, float], int, bool]:
+                         old_logp: Optional[torch.Tensor], lengths: torch.Tensor,
+                         computed: torch.Tensor) -> Tuple[Dict[str, float], int, int, bool]:
+        """One update over the mini-batch's ``groups``: (metrics over this rank's computed
+        tokens, rows and tokens it computed, whether the step was taken)."""
         algo = self.config.algo
         size = t.group_size
         all_rows = [g * size + j for g in groups for j in range(size)]
         mask_all = t.completion_mask[:, 1:]
+        # The whole mini-batch's normalisers, skipped rows included: what makes the skip exact.
         totals = dict(total_tokens=float(mask_all[all_rows].sum()), total_seqs=float(len(all_rows)),
                       norm_len=float(self.config.rollout.max_new_tokens))
-        budget = self.config.learner.micro_batch_tokens
-        plans = [micro_batches(self._rows_of(groups, size, r), lengths, budget)
-                 for r in range(self.world_size)]
+        plans = self.plan([r for r in all_rows if computed[r]], lengths)
         mine = plans[self.rank]
-        count = max(len(p) for p in plans)
-        mine = mine + [[]] * (count - len(mine))  # empty micro-batches keep ranks in step
+        # Every rank runs as many micro-batches as the busiest (ZeRO-3 gathers in every
+        # forward), and at least one, so a mini-batch with nothing to compute still steps
+        # the optimizer (Adam's moments and weight decay advance as they would).
+        count = max(1, max(len(p) for p in plans))
+        mine = mine + [[]] * (count - len(mine))
         metrics_sum: Dict[str, float] = {}
-        my_tokens = 0
-        loss_total = 0.0
+        my_tokens = my_rows = 0
+        loss_total = pg_total = 0.0
         dev = self.device
         for i, rows in enumerate(mine):
             empty = not rows
+            # An empty micro-batch: a 2-token slice of row 0 with nothing unmasked, so its
+            # gradient is exactly zero and it costs next to nothing.
+            width = 2 if empty else int(lengths[rows].max())
             rows = rows or [0]
-            width = int(lengths[rows].max())
             ids = t.input_ids[rows, :width].to(dev)
             attn = t.attention_mask[rows, :width].to(dev)
             mask = t.completion_mask[rows, 1:width].to(dev).float() * (0.0 if empty else 1.0)
@@ -226,9 +279,13 @@ class LearnerRank:
             # global loss, so undo the average.
             self.engine.backward(loss * self.world_size)
             loss_total += float(loss.detach())
+            pg_total += float(metrics.pop("pg_loss"))
+            for k in metrics:  # every key, every step: 0 where nothing was computed
+                metrics_sum.setdefault(k, 0.0)
             if not empty:
                 n = int(mask.sum())
                 my_tokens += n
+                my_rows += len(rows)
                 for k, v in metrics.items():
                     metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) * n
         ok = math.isfinite(loss_total)
@@ -243,20 +300,27 @@ class LearnerRank:
                     f"non-finite loss in {self.bad_steps} consecutive updates "
                     f"(learner.max_bad_steps={self.config.learner.max_bad_steps}); stopping")
         out = {k: v / max(my_tokens, 1) for k, v in metrics_sum.items()}
+        for k in SHARES:  # this rank's share of the whole mini-batch's fraction
+            if k in out:
+                out[k] = metrics_sum[k] / max(totals["total_tokens"], 1.0)
+        # Both are this rank's share of the whole mini-batch's loss (global normalisers):
+        # the ranks' shares sum to it, skipped rows adding exactly nothing.
         out["loss"] = loss_total
-        return out, my_tokens, ok
+        out["pg_loss"] = pg_total
+        return out, my_rows, my_tokens, ok
 
     @torch.no_grad()
-    def _old_logprobs(self, t: TrainBatch) -> torch.Tensor:
-        """Log-probs under the weights at the start of the step (pi_old), all rows."""
+    def _old_logprobs(self, t: TrainBatch, computed: torch.Tensor) -> torch.Tensor:
+        """Log-probs under the weights at the start of the step (pi_old) of the ``computed``
+        rows; zeros for the rest, which no update reads."""
         out = torch.zeros(t.input_ids.shape[0], t.input_ids.shape[1] - 1)
         lengths = t.attention_mask.sum(1)
-        for rows in micro_batches(list(range(t.input_ids.shape[0])), lengths,
-                                  self.config.learner.micro_batch_tokens):
-            width = int(lengths[rows].max())
-            out[rows, :width - 1] = token_logprobs(
-                self.engine, t.input_ids[rows, :width].to(self.device),
-                t.attention_mask[rows, :width].to(self.device)).cpu()
+        rows = [r for r in range(t.input_ids.shape[0]) if computed[r]]
+        for chunk in micro_batches(rows, lengths, self.config.learner.micro_batch_tokens):
+            width = int(lengths[chunk].max())
+            out[chunk, :width - 1] = token_logprobs(
+                self.engine, t.input_ids[chunk, :width].to(self.device),
+                t.attention_mask[chunk, :width].to(self.device)).cpu()
         return out
 
     # ------------------------------------------------------------------ weights

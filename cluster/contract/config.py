@@ -357,6 +357,13 @@ class LearnerConfig:
     thresholds raised, ``learner.host_memory``) instead of faulting the same pages in again
     every step. Resident memory stays near the step's peak, and the peak grows by what the
     heap cannot reuse (+0.5-0.7 GiB a rank for two ~97M ranks). Ignored on GPUs."""
+    skip_zero_advantage: Literal["auto", "off"] = "auto"
+    """Rows whose advantage is exactly zero (every row of a tied group) get no forward, no
+    backward and no old-log-prob forward, while the loss normalisers, the clip-fraction
+    denominator and the optimizer step stay the full batch's, so the update is the one
+    computing them would make. ``auto``: skip wherever that is exact (``algo.kl_coef`` 0;
+    with a KL term a zero-advantage row still has a gradient, so everything is computed and
+    one log line says why). ``off``: compute every row."""
 
     def __post_init__(self) -> None:
         _require(self.num_ranks >= 1, "num_ranks", self.num_ranks, "must be >= 1")
@@ -647,6 +654,18 @@ class RunConfig:
         """Whether learner ranks keep the host memory they free (``learner.host_memory``):
         ``learner.keep_freed_memory`` on CPUs; on GPUs malloc is left as it is."""
         return self.learner.keep_freed_memory and self.cluster.gpus_per_actor == 0
+
+    def zero_advantage_skip(self) -> Tuple[bool, str]:
+        """Whether learner ranks skip zero-advantage rows (``learner.skip_zero_advantage``),
+        and why not where they do not: skipping is exact only while such a row's loss
+        gradient is exactly zero, which a KL penalty (its own gradient) breaks."""
+        if self.learner.skip_zero_advantage == "off":
+            return False, "learner.skip_zero_advantage=off"
+        if self.algo.kl_coef > 0:
+            return False, (f"algo.kl_coef={self.algo.kl_coef} > 0: the KL term gives "
+                           "zero-advantage rows a gradient, so skipping them would change "
+                           "the update")
+        return True, ""
 
     @property
     def gpus(self) -> float:

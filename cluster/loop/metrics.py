@@ -45,6 +45,9 @@ class LoopMetrics:
         if "learner_seconds" in row:
             self._c("duet_learner_step_seconds").observe(get("learner_seconds"))
             self._c("duet_learner_tokens").inc(get("tokens"))
+            for kind in ("received", "computed"):
+                self._c("duet_learner_rows", kind=kind).inc(get(f"rows_{kind}"))
+                self._c("duet_learner_row_tokens", kind=kind).inc(get(f"tokens_{kind}"))
             self._c("duet_loss").set(get("loss"))
             self._c("duet_kl").set(get("kl"))
             self._c("duet_clip_fraction").set(get("clip_frac"))

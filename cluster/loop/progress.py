@@ -6,6 +6,15 @@ import time
 from typing import Dict, Optional
 
 
+def computed(row: Dict[str, object]) -> str:
+    """The share of the step's completion tokens the learner computed (the rest were
+    zero-advantage rows it skipped), or nothing when the row has no learner figures."""
+    received = row.get("tokens_received")
+    if not received:
+        return ""
+    return f"learner computed {float(row.get('tokens_computed') or 0) / float(received):.0%}  "
+
+
 class Progress:
     """Live progress: a rich status line on a terminal, plain lines otherwise (logs, CI)."""
 
@@ -46,7 +55,7 @@ class Progress:
         line = (f"{self.label}step {step}/{self.total}  reward {row.get('reward_mean', 0):.3f}  "
                 f"acc {acc}  rollouts {row.get('rollouts_total', 0)}  "
                 f"tok/s {row.get('tokens_per_s', 0):.0f}  staleness {row.get('staleness_max', 0):.0f}  "
-                f"ETA {eta:.0f}s")
+                + computed(row) + f"ETA {eta:.0f}s")
         if self._live is not None:
             self._live.update(line)
         elif step == 1 or step % 10 == 0 or step == self.total:

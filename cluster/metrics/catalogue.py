@@ -82,6 +82,13 @@ CATALOGUE: Tuple[MetricSpec, ...] = (
     MetricSpec("duet_learner_step_seconds", "histogram", "Learner time per step.", ("run",)),
     MetricSpec("duet_step_seconds", "histogram", "Wall time per step, end to end.", ("run",)),
     MetricSpec("duet_learner_tokens", "counter", "Completion tokens trained on.", ("run",)),
+    MetricSpec("duet_learner_rows", "counter",
+               "Completions the learner received, and those it computed, by kind (received, "
+               "computed): the rest had zero advantage and were skipped "
+               "(learner.skip_zero_advantage).", ("run", "kind")),
+    MetricSpec("duet_learner_row_tokens", "counter",
+               "Completion tokens of those completions, by kind (received, computed).",
+               ("run", "kind")),
     MetricSpec("duet_loss", "gauge", "Policy loss of the last step.", ("run",)),
     MetricSpec("duet_kl", "gauge", "KL to the reference model, last step (0 when off).",
                ("run",)),

@@ -69,6 +69,8 @@ def run_numbers(folder: Path) -> Dict[str, float]:
     informative = sum(r.get("informative_groups", 0) or 0 for r in steps)
     gen_s = sum(r.get("generate_s", 0) or 0 for r in steps)
     tokens = sum(r.get("completion_tokens", 0) or 0 for r in steps)
+    received = sum(r.get("tokens_received", 0) or 0 for r in steps)
+    computed = sum(r.get("tokens_computed", 0) or 0 for r in steps)
     return {
         "steps": float(len(steps)),
         "mean_at_k_start": evals[0].get("mean_at_k"),
@@ -81,6 +83,9 @@ def run_numbers(folder: Path) -> Dict[str, float]:
         "wall_seconds": float(steps[-1]["wall_s"]) if steps else 0.0,
         "training_seconds": sum(r.get("step_s", 0) or 0 for r in steps),
         "informative_fraction": informative / groups if groups else float("nan"),
+        # The share of trained completion tokens the learner computed (zero-advantage rows
+        # skipped); runs logged before the skip existed computed every one.
+        "computed_fraction": computed / received if received else 1.0,
         "tokens_per_s": tokens / gen_s if gen_s else float("nan"),
         "train_seconds": sum(r.get("learner_seconds", 0) or 0 for r in steps),
         "sync_seconds": sum(r.get("sync_s", 0) or 0 for r in steps),
@@ -182,7 +187,7 @@ def write_report(run_dir: Path, title: str = "duet: 2-GRPO vs 16-GRPO") -> Path:
             "runs": {str(s): n for s, n in per_seed.items()},
             **{key: spread([n[key] for n in per_seed.values() if n.get(key) is not None])
                for key in ("mean_at_k_end", "accuracy_end", "training_seconds", "rollouts",
-                           "steps", "informative_fraction")
+                           "steps", "informative_fraction", "computed_fraction")
                if any(n.get(key) is not None for n in per_seed.values())}}
     if chosen and summary["ratios"]:
         lines += _ratio_table(summary["ratios"], *chosen, k, len(seeds))
@@ -213,8 +218,9 @@ def _pct(value: Optional[float]) -> str:
 
 def _per_seed_table(numbers: Dict[str, Dict[int, Dict[str, float]]], k) -> List[str]:
     lines = [f"| arm | seed | steps | rollouts | mean@{k} start → end | greedy start → end "
-             "(best) | training time (s) | informative groups | completion tokens/s |",
-             "|" + " --- |" * 9]
+             "(best) | training time (s) | informative groups | learner computed | "
+             "completion tokens/s |",
+             "|" + " --- |" * 10]
     for arm, per_seed in numbers.items():
         for seed, n in per_seed.items():
             lines.append(
@@ -222,11 +228,15 @@ def _per_seed_table(numbers: Dict[str, Dict[int, Dict[str, float]]], k) -> List[
                 f"{_pct(n['mean_at_k_start'])} → {_pct(n['mean_at_k_end'])} | "
                 f"{n['accuracy_start']:.1%} → {n['accuracy_end']:.1%} "
                 f"({n['accuracy_best']:.1%}) | {n['training_seconds']:.1f} | "
-                f"{n['informative_fraction']:.1%} | {n['tokens_per_s']:.0f} |")
+                f"{n['informative_fraction']:.1%} | {n['computed_fraction']:.0%} | "
+                f"{n['tokens_per_s']:.0f} |")
     lines += ["", f"mean@{k}: held-out accuracy averaged over {k} samples per prompt at the "
               "evaluation settings (rollout.eval_temperature / eval_top_p / eval_top_k; the "
               "paper's Mean@32 uses 0.7 / 0.8 / 20). greedy: temperature 0. Training time: "
-              "the steps' own wall time (evaluations and start-up excluded).", ""]
+              "the steps' own wall time (evaluations and start-up excluded). Learner computed: the "
+              "share of the trained completion tokens the learner ran forward and backward; "
+              "the rest belonged to tied groups, whose zero advantage adds nothing to the "
+              "update (learner.skip_zero_advantage).", ""]
     return lines
 
 

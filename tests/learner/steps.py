@@ -13,7 +13,8 @@ from learner.rank import token_logprobs
 LR = 1e-3
 
 
-def step_batch(seed=0, groups=6, size=2):
+def step_batch(seed=0, groups=6, size=2, rewards=None):
+    """A step of ``groups`` random groups; ``rewards``: each group's rewards (default random 0/1)."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for p in range(groups):
@@ -22,7 +23,8 @@ def step_batch(seed=0, groups=6, size=2):
                                generator=gen).tolist() for _ in range(size)]
         out.append(Group(f"g{p}", f"p{p}", prompt.tolist(), comps,
                          [[-1.5] * len(c) for c in comps],
-                         [float(x) for x in torch.randint(0, 2, (size,), generator=gen)]))
+                         [float(x) for x in torch.randint(0, 2, (size,), generator=gen)]
+                         if rewards is None else [float(x) for x in rewards[p]]))
     return build_batch(out)
 
 
