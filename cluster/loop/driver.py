@@ -320,6 +320,8 @@ class Driver:
             raise RunFailed(f"evaluation at step {step} never ran on policy version {version}: "
                             f"a rollout actor restarted during each of {MAX_EVAL_TRIES} tries")
         sets, avg = result["sets"], result["average"]
+        if not sets:  # no set configured (eval.held_out false, eval.sets empty): nothing to log
+            return {}
         # accuracy / mean_at_k / pass_at_k: the average over sets (the paper's "average"
         # column), which the progress line and the report's headline use.
         row = {"step": step, "policy_version": version, "accuracy": avg["accuracy"],
