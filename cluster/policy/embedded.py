@@ -86,6 +86,20 @@ def build_model(spec: TinyModelSpec = TINY_MODEL, vocab_size: Optional[int] = No
     return Qwen2ForCausalLM(config).float()
 
 
+def draw_biases(model, std: float = 0.02, seed: int = 0):
+    """``model`` with every bias drawn from N(0, std), as a trained model's are (a fresh
+    Qwen2's are zero). Comparisons of weights relative to each tensor's norm need it: a zero
+    bias after one step has a norm of about the learning rate."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
 def save_model_folder(model, tokenizer, folder: Path, extra: Optional[dict] = None) -> Path:
     """Save model + tokenizer as a Hugging Face folder, atomically (temp dir, then rename)."""
     folder = Path(folder)

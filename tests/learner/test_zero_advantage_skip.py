@@ -46,14 +46,9 @@ def model_path(tiny_model_path, tmp_path_factory):
     fresh model's are zero, so a per-tensor relative difference would divide by ~lr."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cluster.policy.embedded import save_model_folder
+    from cluster.policy.embedded import draw_biases, save_model_folder
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    model = draw_biases(AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32))
     return str(save_model_folder(model, AutoTokenizer.from_pretrained(tiny_model_path),
                                  tmp_path_factory.mktemp("skip") / "biased"))
 
