@@ -39,3 +39,24 @@ def test_top_functions_are_ordered_by_own_time_with_their_share():
     assert owns == sorted(owns, reverse=True) and len(top) <= 8
     assert all(f["share"] == f["own_s"] for f in top)  # total 1 s: the share is the seconds
     assert any("genexpr" in f["function"] for f in top)
+
+
+def test_the_ties_benchmark_ties_exactly_the_share_it_names():
+    from benchmarks.ties import tie_batch
+    from learner.algo import informative
+    from learner.batch import to_tensors
+
+    for fraction, tied in ((0.5, 16), (0.75, 24)):
+        t = to_tensors(tie_batch(fraction, vocab=20, seed=0, completion=8))
+        assert t.rewards.shape == (32, 2)
+        assert int((~informative(t.rewards)).sum()) == tied
+        assert int(t.completion_mask.sum()) == 64 * 8  # every row exactly 8 tokens
+
+
+def test_the_trl_benchmark_reward_is_a_function_of_the_text_alone():
+    from benchmarks.trl import parity_reward
+
+    texts = [str(i) * 5 for i in range(40)]
+    got = [parity_reward(t, "ignored") for t in texts]
+    assert got == [parity_reward(t, "other") for t in texts]
+    assert set(got) == {0.0, 1.0}
