@@ -1,4 +1,4 @@
-"""One learner rank: shard a step's groups, micro-batch by tokens, train with the pure core.
+"""One learner rank: deal a step's rows to ranks, micro-batch by tokens, train with the pure core.
 
 Every rank receives the whole step (a group record batch through the Ray object store) and
 computes every group's advantages from its rewards (P, G), never from row order. The rows
