@@ -86,25 +86,27 @@ def check_same(runs, exact, lr=PAPER_LR):
     assert moved > lr / 10
 
 
-def train_here(model_path, mode, case, budget, lr=PAPER_LR):
-    rank = LearnerRank(load_config(None, overrides(1, mode, case, budget, lr)), 0, 1)
-    rank.start(model_path)
-    return [(combine_metrics([rank.train_step(b)]), rank.weights()) for b in BATCHES]
+def train_here(solo, model_path, mode, case, budget, lr=PAPER_LR):
+    config = load_config(None, overrides(1, mode, case, budget, lr))
+    ray.get(solo.make.remote(config, 0, 1))
+    ray.get(solo.start.remote(model_path, None))
+    return [(combine_metrics([ray.get(solo.train.remote(b))]), ray.get(solo.weights.remote()))
+            for b in BATCHES]
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_one_rank_skip_makes_the_same_update(model_path, case):
-    runs = {mode: train_here(model_path, mode, case, 64) for mode in ("off", "auto")}
+def test_one_rank_skip_makes_the_same_update(solo, model_path, case):
+    runs = {mode: train_here(solo, model_path, mode, case, 64) for mode in ("off", "auto")}
     check_same(runs, exact=False)
 
 
 @pytest.mark.parametrize("case", ["token_mean, 2 epochs x 2 mini-batches",
                                   "seq_mean, 2 epochs x 2 mini-batches"])
-def test_one_rank_one_row_micro_batches_are_bit_identical(tiny_model_path, case):
+def test_one_rank_one_row_micro_batches_are_bit_identical(solo, tiny_model_path, case):
     """A row a micro-batch: both paths add the same row gradients in the same order (the
     skipped ones add exact zeros), so the weights agree to the bit, at a learning rate where
     any other difference would show."""
-    runs = {mode: train_here(tiny_model_path, mode, case, 1, lr=LR) for mode in ("off", "auto")}
+    runs = {mode: train_here(solo, tiny_model_path, mode, case, 1, lr=LR) for mode in ("off", "auto")}
     check_same(runs, exact=True, lr=LR)
 
 
@@ -112,8 +114,8 @@ def test_one_rank_one_row_micro_batches_are_bit_identical(tiny_model_path, case)
 class Host:
     """A process holding one learner rank at a time, of a 2-rank group that lives on."""
 
-    def make(self, config, rank):
-        self.rank = LearnerRank(config, rank, 2)
+    def make(self, config, rank, world=2):
+        self.rank = LearnerRank(config, rank, world)
         return self.rank.rendezvous() if rank == 0 else None
 
     def start(self, model_path, master):
@@ -124,6 +126,14 @@ class Host:
 
     def weights(self):
         return self.rank.weights()
+
+
+@pytest.fixture(scope="module")
+def solo(ray_cluster):
+    """A process of its own for 1-rank cases: this one's process group may be another's."""
+    host = Host.options(num_cpus=0).remote()  # the 2-rank pair needs both CPUs
+    yield host
+    ray.kill(host)
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +161,13 @@ def test_two_ranks_skip_makes_the_same_update(hosts, model_path, case):
     check_same(runs, exact=False)
 
 
-def test_with_a_kl_term_every_row_is_computed(tiny_model_path):
+def test_with_a_kl_term_every_row_is_computed(solo, tiny_model_path):
     config = load_config(None, ["learner.num_ranks=1", "algo.kl_coef=0.01"])
     skips, why = config.zero_advantage_skip()
     assert not skips and "algo.kl_coef=0.01" in why
-    rank = LearnerRank(config, 0, 1)
-    rank.start(tiny_model_path)
-    metrics = rank.train_step(BATCHES[0])
+    ray.get(solo.make.remote(config, 0, 1))
+    ray.get(solo.start.remote(tiny_model_path, None))
+    metrics = ray.get(solo.train.remote(BATCHES[0]))
     assert metrics["rows_computed"] == metrics["rows_received"] == 2 * GROUPS
 
 
