@@ -27,6 +27,7 @@ second over TRL's.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -180,8 +181,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6, help="steps on each side (median of 2..N)")
     p.add_argument("--trl-generation", choices=("vllm", "hf"), default="vllm")
-    p.add_argument("--side", choices=("trl", "duet"), help=__import__("argparse").SUPPRESS)
-    p.add_argument("--side-args", help=__import__("argparse").SUPPRESS)
+    p.add_argument("--side", choices=("trl", "duet"), help=argparse.SUPPRESS)
+    p.add_argument("--side-args", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
         kw = json.loads(args.side_args)
