@@ -21,6 +21,7 @@ model on CPU takes a shorter road to the same result (``actors.packed_reload``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -57,8 +58,25 @@ def quiet_routine_reload_logs() -> None:
             logger.addFilter(RoutineReloadFilter(msg, args))
 
 
+def under_engine_config(method):
+    """Run a worker-extension entry point under the engine's own config
+    (``set_current_vllm_config``), as vLLM's GPU worker runs its weight-transfer calls: a
+    quantized or FP8 layer reads it while it reprocesses reloaded weights, and without it
+    reads vLLM's defaults instead."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        from vllm.config import set_current_vllm_config
+
+        with set_current_vllm_config(self.vllm_config):
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
 class WeightReceiver:
-    """vLLM worker extension: methods callable through ``LLM.collective_rpc``."""
+    """vLLM worker extension: methods callable through ``LLM.collective_rpc``. Every entry
+    point that touches the weights runs under the engine's config (``under_engine_config``)."""
 
     def duet_pid(self) -> int:
         """The process the engine's worker runs in (in the actor's, or its own)."""
@@ -75,6 +93,7 @@ class WeightReceiver:
             self._duet_packed_reload = PackedReload.build(self._duet_model())
         return self._duet_packed_reload
 
+    @under_engine_config
     def duet_begin_reload(self) -> None:
         """Start an in-place update: on a small CPU model into stand-ins repacked at the
         finish, otherwise with vLLM's layer-wise reload (layers are reprocessed as their
@@ -89,6 +108,7 @@ class WeightReceiver:
             initialize_layerwise_reload(self._duet_model())
         self._duet_spans: List[Tuple[int, int]] = []
 
+    @under_engine_config
     def duet_load_tensors(self, named: Sequence[Tuple[str, object]]) -> int:
         """Load (name, tensor) pairs; only when the engine shares the caller's process
         (across processes, vLLM's rpc serialisation turns tensors into lists)."""
@@ -98,6 +118,7 @@ class WeightReceiver:
                                 for _, t in named if t.numel())
         return len(named)
 
+    @under_engine_config
     def duet_load_files(self, paths: Sequence[str]) -> int:
         """Load safetensors bucket files (the separate-engine-process path)."""
         from safetensors import safe_open
@@ -122,6 +143,7 @@ class WeightReceiver:
         else:
             self._duet_model().load_weights(named)
 
+    @under_engine_config
     def duet_finish_reload(self) -> None:
         """Process what is left and check that no parameter borrows a sync buffer."""
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -146,6 +168,7 @@ class WeightReceiver:
 
     # ------------------------------------------------------------------ vLLM's transports
 
+    @under_engine_config
     def duet_transfer_init(self, backend: str, init_info: Dict[str, Any]) -> None:
         """Create vLLM's engine-side transfer engine for ``backend`` and join the sender."""
         from vllm.config.weight_transfer import WeightTransferConfig
@@ -167,16 +190,20 @@ class WeightReceiver:
             raise RuntimeError("no weight transfer engine: duet_transfer_init first")
         return engine
 
+    @under_engine_config
     def duet_transfer_start(self) -> None:
         self._duet_engine().start_weight_update()
 
+    @under_engine_config
     def duet_transfer_update(self, update_info: Dict[str, Any]) -> None:
         self._duet_engine().update_weights(update_info)
 
+    @under_engine_config
     def duet_transfer_finish(self) -> None:
         self._duet_engine().finish_weight_update()
         self._duet_reset_caches()
 
+    @under_engine_config
     def duet_transfer_shutdown(self) -> None:
         engine, self._duet_transfer = getattr(self, "_duet_transfer", None), None
         if engine is not None:
