@@ -105,6 +105,10 @@ def engine_kwargs(config: RunConfig, model_path: str) -> Dict[str, object]:
     )
 
 
+# Colocated engines sleep at level 2 (``RolloutWorker.sleep`` says why).
+SLEEP_LEVEL = 2
+
+
 class RolloutWorker:
     """One vLLM engine plus its prompt shard, cursor, reward pool and weight loading."""
 
@@ -354,6 +358,9 @@ class RolloutWorker:
                  ) -> Dict[str, object]:
         """Per-prompt rows of this engine's shard of evaluation set ``name`` (see
         ``actors.evaluation``), with the policy version the engine held."""
+        if self.policy_version < 0:  # restarted, slept, or a failed update: no weights to score
+            return {"rows": [], "policy_version": self.policy_version,
+                    "error": "the engine holds no verified weights"}
         try:
             rows = evaluate_shard(self, self._eval_sets()[name], shard, shards, k)
         except WeightSyncError as err:  # the owed probe failed: the engine holds no version
@@ -411,11 +418,19 @@ class RolloutWorker:
         return timings
 
     def sleep(self) -> None:
-        """Colocated: free the engine's GPU memory (weights offloaded, KV cache dropped)
-        while the learner rank beside it trains; the CPU backend logs it and does nothing."""
+        """Colocated: free the engine's GPU memory while the learner rank beside it trains;
+        the CPU backend logs it and does nothing.
+
+        Level 2: the weights are discarded with the KV cache, not copied to host memory as
+        level 1 would. The sync after every learner step replaces every tensor anyway, so a
+        host copy (14 GiB per engine for a 7B model in bf16, each way each step) would buy
+        nothing; vLLM keeps the buffers that are not weights (rotary tables) itself. Until
+        that sync finishes the engine holds no verified version: it generates nothing
+        (``generate`` says ``unverified`` and the driver resends)."""
         if not self.asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=SLEEP_LEVEL)
             self.asleep, self.sleeps = True, self.sleeps + 1
+            self.policy_version = -1
 
     def wake_up(self) -> None:
         """Colocated: take the GPU memory back before the weight sync and generation."""
@@ -432,6 +447,12 @@ class RolloutWorker:
     def source_stats(self) -> Dict[str, int]:
         """The prompt source's counters (dataset rows skipped at load, by reason)."""
         return self.source.stats()
+
+    def transfer_state(self) -> Dict[str, object]:
+        """What a learner's sender checks before each vLLM-transport sync: this process
+        (a restarted actor has a new one) and the transport its engine has joined (None
+        after a restart, or before the first sync)."""
+        return {"pid": os.getpid(), "backend": self.weights.backend}
 
     def engine_pids(self) -> List[int]:
         """The processes the engine's workers run in (the actor's own when in-process)."""
