@@ -236,6 +236,12 @@ class RolloutConfig:
     NCCL engine broadcasts from learner rank 0's GPU to engines on other GPUs or nodes.
     'ipc': vLLM's CUDA-IPC engine hands colocated engines the learner's GPU buffers.
     'auto': object_store on CPU, nccl for split and ipc for colocated placement on GPUs."""
+    sync_timeout_s: float = 600.0
+    """How long the learner waits on one engine call of a weight sync (its state, the
+    update's start, a bucket or chunk, the finish and its probe) before that engine has
+    failed; it is then sent the version again, alone (nccl/ipc: the trainer engine is
+    rebuilt first). NCCL's broadcast itself has no timeout: no tensor is sent before every
+    engine has acknowledged the update's start."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
@@ -262,6 +268,7 @@ class RolloutConfig:
                  self.min_new_tokens, "must be in 0..rollout.max_new_tokens")
         _require(self.threads is None or self.threads >= 1, "threads", self.threads,
                  "must be >= 1, or null to follow the hardware")
+        _require(self.sync_timeout_s > 0, "sync_timeout_s", self.sync_timeout_s, "must be > 0")
 
 
 @dataclass(frozen=True)
