@@ -13,6 +13,16 @@ Estimates, stated with their terms so a user can check them:
   weights in it and gives the rest, less a working margin, to the KV cache
   (2 x layers x kv heads x head dim x dtype bytes per token).
 
+- weight transfer: a packed transport stages tensors in a buffer on the learner's GPU of
+  ``BUCKET_BYTES``, or of the largest tensor where that is bigger (the embeddings:
+  ``learner.publish.transfer_buffer_bytes``) — one for ``ipc`` under ZeRO-3, two in flight
+  for ``nccl`` on rank 0;
+- colocated (``cluster.placement=colocated``): a GPU holds an engine and a learner rank
+  that take turns. While the rank trains, the engine sleeps at level 2 and holds nothing.
+  When the engine wakes for the sync and generation, the rank has emptied its CUDA cache
+  but keeps its resident state (weights, fp32 gradient partitions, master weights, Adam
+  moments, a KL reference): that, the engine's whole budget and the ipc buffer must fit.
+
 With ``cluster.gpu_memory_gib`` set, a plan whose GPUs cannot hold what is placed on them
 is refused before anything starts. The learner terms are checked with ``LEARNER_HEADROOM``:
 the one GPU measurement so far peaked 1.27x above them.
@@ -24,9 +34,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from cluster.contract.config import RunConfig
+from cluster.contract.weights import BUCKET_BYTES
 
 GIB = 2**30
 ENGINE_MARGIN = 0.1  # of an engine's reservation, for its activations and CUDA graphs
@@ -54,6 +65,11 @@ class ModelShape:
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
+
+    def largest_tensor(self, dtype_bytes: int) -> float:
+        """Bytes of the largest weight tensor: the (input or output) embedding, or an MLP
+        projection where that is wider."""
+        return max(self.vocab, self.intermediate) * self.hidden * dtype_bytes
 
     @property
     def params(self) -> float:
@@ -112,6 +128,28 @@ def learner_bytes(config: RunConfig, shape: ModelShape) -> Dict[str, float]:
     }
 
 
+# Terms a learner rank holds between steps; the rest (activations, logits, ZeRO-2's full
+# gradient buffer) are freed when the step ends and returned to the device before a
+# colocated engine wakes (``learner.rank.release_cached_memory``).
+RESIDENT = ("weights", "gradients (fp32, partitioned)", "master weights (fp32, partitioned)",
+            "Adam moments (fp32, partitioned)", "KL reference")
+
+
+def transfer_buffer(config: RunConfig, shape: ModelShape) -> Optional[Tuple[str, float]]:
+    """The weight transfer's staging on a learner rank's GPU, as (what, bytes), or None
+    where the transport stages nothing there."""
+    transfer = config.rollout.weight_transfer
+    b = 2 if config.model.dtype == "bfloat16" else 4
+    size = max(BUCKET_BYTES, shape.largest_tensor(b))
+    if transfer == "ipc":
+        if config.learner.zero_stage == 3:  # ZeRO-3's gathered copies travel packed
+            return "ipc buffer", size
+        return "ipc buffer: none (ZeRO-2 exports each tensor where it lies)", 0.0
+    if transfer == "nccl":
+        return "nccl buffers (rank 0, 2 in flight)", 2 * size
+    return None
+
+
 def kv_bytes_per_token(config: RunConfig, shape: ModelShape) -> float:
     b = 2 if config.model.dtype == "bfloat16" else 4
     return 2 * shape.layers * shape.kv_heads * shape.head_dim * b
@@ -127,6 +165,8 @@ class MemoryPlan:
     kv_sequences: Optional[float]
     gpu_bytes: Optional[float]
     problems: List[str]
+    buffer: Optional[Tuple[str, float]] = None
+    colocated: Optional[Dict[str, float]] = None
 
     def text(self) -> str:
         gib = lambda x: f"{x / GIB:,.1f} GiB"  # noqa: E731
@@ -139,6 +179,16 @@ class MemoryPlan:
         if self.engine_reserved is not None:
             lines.append(f"  engine reserves: {gib(self.engine_reserved)} (weights + KV cache "
                          f"for ~{self.kv_sequences:,.0f} sequences of model.max_model_len)")
+        if self.buffer is not None:
+            what, size = self.buffer
+            lines.append(f"  {what:15s}: {gib(size)}" if size else f"  {what}")
+        if self.colocated is not None:
+            c = self.colocated
+            lines.append(f"  colocated      : training {gib(c['training'])} (the rank, with "
+                         f"headroom; the engine asleep, level 2); awake {gib(c['awake'])} "
+                         f"(the rank's resident {gib(c['resident'])} + the engine's "
+                         f"{gib(c['engine'])} + the buffer {gib(c['buffer'])})"
+                         + (f", x{c['bundles']:g} per GPU" if c["bundles"] > 1 else ""))
         if self.gpu_bytes is None:
             lines.append("  GPU size not given: set cluster.gpu_memory_gib to check the fit")
         else:
@@ -157,7 +207,9 @@ def memory_plan(config: RunConfig, shape: ModelShape) -> MemoryPlan:
     gpu = config.cluster.gpu_memory_gib * GIB or None
     util = config.rollout.gpu_memory_utilization
     problems: List[str] = []
-    reserved = sequences = None
+    reserved = sequences = colocated = None
+    buffer = transfer_buffer(config, shape)
+    buffer_bytes = buffer[1] if buffer is not None else 0.0
     if gpu is not None:
         reserved = util * gpu
         kv = reserved * (1 - ENGINE_MARGIN) - weights
@@ -169,19 +221,59 @@ def memory_plan(config: RunConfig, shape: ModelShape) -> MemoryPlan:
                 "sequence: raise rollout.gpu_memory_utilization, or give engines more GPU")
         share = config.cluster.gpus_per_actor
         per_gpu = max(1, math.floor(1 / share)) if share < 1 else 1
-        # The worst GPU a packed placement can give: as many learner ranks as fit on it, the
-        # rest engines (each reserving its share of the whole GPU).
-        ranks = min(per_gpu, config.learner.num_ranks)
-        engines = min(per_gpu - ranks, config.rollout.num_workers)
-        load = ranks * rank_total * LEARNER_HEADROOM / max(share, 1) + engines * reserved
-        if load > gpu:
-            problems.append(
-                f"a GPU holding {ranks} learner rank(s) and {engines} engine(s) needs "
-                f"{load / GIB:.1f} GiB of {gpu / GIB:g}: add learner ranks (ZeRO partitions "
-                "the optimizer over them), use learner.zero_stage=3, lower "
-                "learner.micro_batch_tokens, turn on model.gradient_checkpointing, or give "
-                "each actor more GPU")
-    return MemoryPlan(learner, weights, reserved, sequences, gpu, problems)
+        if config.cluster.placement == "colocated":
+            colocated = colocated_load(config, learner, reserved, buffer_bytes, per_gpu)
+            problems += colocated_problems(config, colocated, gpu)
+        else:
+            # The worst GPU a packed placement can give: as many learner ranks as fit on
+            # it, the rest engines (each reserving its share of the whole GPU).
+            ranks = min(per_gpu, config.learner.num_ranks)
+            engines = min(per_gpu - ranks, config.rollout.num_workers)
+            load = (ranks * (rank_total * LEARNER_HEADROOM + buffer_bytes) / max(share, 1)
+                    + engines * reserved)
+            if load > gpu:
+                problems.append(
+                    f"a GPU holding {ranks} learner rank(s) and {engines} engine(s) needs "
+                    f"{load / GIB:.1f} GiB of {gpu / GIB:g}: " + FEWER_LEARNER_BYTES
+                    + ", or give each actor more GPU")
+    return MemoryPlan(learner, weights, reserved, sequences, gpu, problems, buffer, colocated)
+
+
+FEWER_LEARNER_BYTES = ("add learner ranks (ZeRO partitions the optimizer over them), use "
+                       "learner.zero_stage=3, lower learner.micro_batch_tokens, turn on "
+                       "model.gradient_checkpointing")
+
+
+def colocated_load(config: RunConfig, learner: Dict[str, float], reserved: float,
+                   buffer_bytes: float, bundles: int) -> Dict[str, float]:
+    """A colocated GPU's two moments (bytes): the ranks training beside sleeping engines,
+    and the engines awake beside the ranks' resident state and transfer buffers."""
+    resident = sum(v for k, v in learner.items() if k in RESIDENT)
+    return {"bundles": bundles, "resident": resident, "engine": reserved,
+            "buffer": buffer_bytes,
+            "training": bundles * sum(learner.values()) * LEARNER_HEADROOM,
+            "awake": bundles * (resident + reserved + buffer_bytes)}
+
+
+def colocated_problems(config: RunConfig, load: Dict[str, float], gpu: float) -> List[str]:
+    problems = []
+    if load["training"] > gpu:
+        problems.append(f"colocated, a GPU's learner rank(s) need {load['training'] / GIB:.1f} "
+                        f"GiB of {gpu / GIB:g} to train: " + FEWER_LEARNER_BYTES)
+    if load["awake"] > gpu:
+        room = gpu / load["bundles"] - load["resident"] - load["buffer"]
+        fits = math.floor(100 * room / gpu) / 100
+        hint = (f"set rollout.gpu_memory_utilization to at most {fits:.2f} (or leave it "
+                "null to fit the placement), or " if fits > 0 else "")
+        problems.append(
+            f"colocated, an engine that wakes beside its learner rank needs "
+            f"{load['awake'] / GIB:.1f} GiB of {gpu / GIB:g} (the rank keeps "
+            f"{load['resident'] / GIB:.1f} GiB of weights and optimizer state, the engine "
+            f"takes {load['engine'] / GIB:.1f}, the ipc buffer {load['buffer'] / GIB:.1f}): "
+            + hint + "add learner ranks" + (" or use learner.zero_stage=3" if
+                                            config.learner.zero_stage != 3 else "")
+            + " to shrink the rank's share")
+    return problems
 
 
 def checked_plan(config: RunConfig) -> Optional[MemoryPlan]:

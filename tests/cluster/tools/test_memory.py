@@ -63,3 +63,50 @@ def test_headroom_covers_the_measured_h100_peak():
     estimate = sum(learner_bytes(config, KNOWN["qwen2.5-math-1.5b"]).values()) / 2**30
     assert KNOWN["qwen2.5-math-1.5b"].params == pytest.approx(result["parameters"], rel=0.01)
     assert estimate < result["peak_gpu_memory_gib"] <= estimate * LEARNER_HEADROOM
+
+
+def test_the_ipc_buffer_holds_the_largest_tensor_not_a_bucket(capsys):
+    """vLLM's packed IPC producer refuses a tensor larger than its buffer: the plan sizes it
+    from the embeddings (1.5B: 151,936 x 1,536 x 2 B ~ 467 MB; 7B: ~1.09 GB), far above the
+    64 MiB bucket, and lists it per GPU."""
+    from cluster.contract.weights import BUCKET_BYTES
+    from learner.publish import transfer_buffer_bytes
+
+    for size, name, tensor in (("1.5b", "qwen2.5-math-1.5b", 151_936 * 1536 * 2),
+                               ("7b", "qwen2.5-math-7b", 152_064 * 3584 * 2)):
+        config = load_config(PRESETS[size], ["cluster.placement=colocated"])
+        assert config.rollout.weight_transfer == "ipc" and config.learner.zero_stage == 3
+        plan = memory_plan(config, KNOWN[name])
+        assert plan.buffer == ("ipc buffer", tensor) and tensor > BUCKET_BYTES
+        assert transfer_buffer_bytes(BUCKET_BYTES, tensor) == tensor  # the sender's rule
+        assert transfer_buffer_bytes(BUCKET_BYTES, 1000) == BUCKET_BYTES
+    main(["train", "--config", str(PRESETS["7b"]), "--dry-run", "cluster.placement=colocated"])
+    captured = capsys.readouterr()
+    assert "ipc buffer     : 1.0 GiB" in captured.out + captured.err
+    zero2 = load_config(PRESETS["7b"], ["cluster.placement=colocated", "learner.zero_stage=2"])
+    assert memory_plan(zero2, KNOWN["qwen2.5-math-7b"]).buffer[1] == 0  # exported in place
+
+
+def test_a_colocated_engine_must_fit_beside_the_ranks_resident_state(capsys):
+    """Awake, the engine's whole budget sits beside the rank's weights and optimizer state
+    (its activations and logits were returned to the device): the 7B preset's 0.85 of a
+    140 GiB GPU does not fit beside 31.9 GiB of ZeRO-3 state, and the plan says what does."""
+    config = load_config(PRESETS["7b"], ["cluster.placement=colocated"])
+    plan = memory_plan(config, KNOWN["qwen2.5-math-7b"])
+    c = plan.colocated
+    resident = sum(v for k, v in plan.learner.items()
+                   if k not in ("activations (one micro-batch)", "logits, forward and backward"))
+    assert c["resident"] == pytest.approx(resident)
+    assert c["awake"] == pytest.approx(resident + 0.85 * 140 * 2**30 + c["buffer"])
+    assert c["training"] == pytest.approx(sum(plan.learner.values()) * LEARNER_HEADROOM)
+    [problem] = plan.problems
+    assert "set rollout.gpu_memory_utilization to at most 0.76" in problem
+    # The advice fits; the split placement never put both on one GPU.
+    fits = load_config(PRESETS["7b"], ["cluster.placement=colocated",
+                                       "rollout.gpu_memory_utilization=0.76"])
+    assert memory_plan(fits, KNOWN["qwen2.5-math-7b"]).problems == []
+    assert memory_plan(load_config(PRESETS["7b"]), KNOWN["qwen2.5-math-7b"]).colocated is None
+    code = main(["train", "--config", str(PRESETS["7b"]), "--dry-run",
+                 "cluster.placement=colocated"])
+    err = capsys.readouterr().err
+    assert code == 2 and "DOES NOT FIT" in err and "colocated, an engine that wakes" in err
