@@ -10,7 +10,7 @@ metadata, its layer-wise reload and duet's source, client and verification all r
 - CUDA streams, ``torch.accelerator`` device index and synchronisation: no-ops.
 - CUDA-IPC: ``reduce_tensor`` / ``rebuild_cuda_tensor`` through an in-process registry
   (the trainer and the engine share the test's process), keyed like vLLM's handles by a
-  GPU UUID.
+  GPU UUID; packed IPC's staging buffer in host memory.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def use_nccl_standins(monkeypatch) -> None:
 def _no_cuda_device(monkeypatch) -> None:
     monkeypatch.setattr(torch.accelerator, "synchronize", lambda *a, **k: None)
     monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _NullStream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "ipc_collect", lambda: None)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -102,10 +102,23 @@ class IpcRegistry:
 
 
 def use_ipc_standins(monkeypatch) -> None:
-    """vLLM's CUDA-IPC transfer engines, both sides, with ``IpcRegistry`` for the handles."""
-    from vllm.distributed.weight_transfer import ipc_engine
+    """vLLM's CUDA-IPC transfer engines, both sides, with ``IpcRegistry`` for the handles.
+    Packed: the producer's staging buffer, which vLLM allocates on ``cuda``, is allocated
+    in host memory instead (``torch.empty(..., device="cuda")`` only)."""
+    import torch.multiprocessing.reductions as reductions
+    from vllm.distributed.weight_transfer import ipc_engine, packed_tensor
 
     IpcRegistry.tensors, IpcRegistry.exported = {}, []
-    monkeypatch.setattr(ipc_engine, "reduce_tensor", IpcRegistry.reduce_tensor)
+    for module in (ipc_engine, packed_tensor):
+        monkeypatch.setattr(module, "reduce_tensor", IpcRegistry.reduce_tensor)
     monkeypatch.setattr(ipc_engine, "rebuild_cuda_tensor", IpcRegistry.rebuild_cuda_tensor)
+    monkeypatch.setattr(reductions, "rebuild_cuda_tensor", IpcRegistry.rebuild_cuda_tensor)
+    empty = torch.empty
+
+    def host_empty(*args, **kwargs):
+        if str(kwargs.get("device", "")).startswith("cuda"):
+            kwargs["device"] = "cpu"
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", host_empty)
     _no_cuda_device(monkeypatch)
