@@ -526,6 +526,32 @@ class CompareConfig:
             _require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment trackers a run's rows also go to, beside metrics.jsonl (``cluster.loop.tracking``)."""
+
+    backends: Tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ()
+    """Any of tensorboard, wandb, mlflow, as a list or comma-separated
+    (tracking.backends=tensorboard,mlflow); each needs the duet-rl[tracking] extra. The
+    progress line is the console's already."""
+    project: str = "duet"
+    """The wandb project and the MLflow experiment runs land in."""
+    mlflow_uri: str = ""
+    """MLflow tracking URI (a server, sqlite:///..., a folder); empty: a file store at
+    <output_dir>/<name>/mlruns (a comparison's: one for all its runs)."""
+    tensorboard_dir: str = ""
+    """TensorBoard log folder; empty: <output_dir>/<name>/tb (a comparison's runs in
+    tb/arm-<G>/seed-<s> below it)."""
+
+    def __post_init__(self) -> None:
+        _require(len(set(self.backends)) == len(self.backends), "backends", self.backends,
+                 "names a tracker twice")
+        _require(bool(self.project), "project", self.project, "must not be empty")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One duet run: every section, plus the run's own bookkeeping."""
@@ -566,6 +592,8 @@ class RunConfig:
     """The arms of `duet compare`."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation sets and what is scored on them."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (TensorBoard, Weights & Biases, MLflow)."""
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "name", self.name,

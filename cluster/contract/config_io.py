@@ -126,6 +126,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (tuple, Tuple) and typing.get_args(tp)[-1:] == (Ellipsis,):
         # A list of one type: dataclass items are built (and checked) like sections.
         item = typing.get_args(tp)[0]
+        if isinstance(value, str) and not dataclasses.is_dataclass(item):
+            # A list of plain values may be given comma-separated (an override's way).
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, "expected a list", value=value)
         if dataclasses.is_dataclass(item):
