@@ -55,6 +55,7 @@ def cmd_compare(args) -> int:
     from cluster.loop.compare import parse_arms, run_compare
     from cluster.loop.progress import Progress
     from cluster.loop.runs import fresh_run_dir
+    from cluster.loop.tracking import track_report
     from cluster.tools.memory import checked_plan
     from cluster.tools.report import write_report
 
@@ -86,6 +87,7 @@ def cmd_compare(args) -> int:
         for bar in bars.values():
             bar.close()
     report = write_report(run_dir)
+    track_report(base, run_dir, run_dir / "report.png")
     print(Path(report).read_text())
     print(f"report written to {report} (plots: {run_dir / 'report.png'})")
     return 0
@@ -189,6 +191,14 @@ def cmd_audit(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_track(args) -> int:
+    from cluster.loop.tracking import replay_folder
+
+    for name, rows in replay_folder(Path(args.run_dir), args.overrides).items():
+        print(f"{name}: {rows} rows tracked")
+    return 0
+
+
 def cmd_report(args) -> int:
     from cluster.tools.report import write_report
 
@@ -256,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help='print {"rows", "skipped", "sample": {"prompt", "prompt_tokens", '
                            '"answer"}, "max_prompt_tokens"}')
     data.set_defaults(func=cmd_data)
+
+    track = sub.add_parser(
+        "track", help="log a finished run (or comparison) into experiment trackers",
+        description="Replays runs/<name>/metrics.jsonl into the trackers its config names, "
+                    "or the overrides name (e.g. tracking.backends=tensorboard,mlflow): for "
+                    "a run whose tracker failed part way, or that ran without one.")
+    track.add_argument("run_dir", help="runs/<name> of a train or compare run")
+    track.add_argument("overrides", nargs="*", help="key=value, e.g. tracking.backends=wandb")
+    track.set_defaults(func=cmd_track)
 
     report = sub.add_parser("report", help="rebuild report.md/png from a compare run")
     report.add_argument("run_dir", help="runs/<name> of a compare run")

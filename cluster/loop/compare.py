@@ -163,9 +163,11 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
     ``progress(label, config, row)`` sees every row of every run."""
     from cluster.loop.driver import Driver
     from cluster.loop.launch import start_ray, start_rollouts
+    from cluster.loop.tracking import TrackedRun, check_installed, comparison_parent
     from cluster.policy.models import resolve_model
     from cluster.tools.data import preflight
 
+    check_installed(base)  # a missing tracker is said before anything starts
     plan = plan_runs(base, arms, out_dir, lr_rule, budget)
     start_ray(base)
     model_path = resolve_model(base, say)
@@ -176,6 +178,8 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
     # The table's base row: the shared starting weights, evaluated once on every set.
     base_eval = evaluate_base(actors, Path(out_dir) / BASE_DIR, say)
     results: Dict[str, Dict[int, object]] = {arm: {} for arm in arms}
+    # Tracked: one run per arm x seed, grouped under the comparison (``cluster.loop.tracking``).
+    parent = comparison_parent(base, Path(out_dir))
     for seed in seeds_of(base):
         for arm in arms:
             config = plan[arm][seed]
@@ -184,9 +188,12 @@ def run_compare(base: RunConfig, arms: Sequence[str], out_dir: Path, lr_rule: st
                 f"{config.algo.group_size} rollouts, lr {config.learner.lr:.3g}, ties: "
                 f"{config.rollout.tie_handling}")
             started = time.perf_counter()
-            driver = Driver(config, run_dir_of(out_dir, arm, seed), str(model_path), actors,
+            run_dir = run_dir_of(out_dir, arm, seed)
+            tracked = TrackedRun(Path(out_dir), run_dir, f"{run_dir.parent.name}/{run_dir.name}",
+                                 group=Path(out_dir).name, parent_id=parent)
+            driver = Driver(config, run_dir, str(model_path), actors,
                             progress=(lambda row, c=config, lb=label: progress(lb, c, row))
-                            if progress else None)
+                            if progress else None, tracked=tracked)
             results[arm][seed] = {"config": config, "summary": driver.run(),
                                   "seconds": time.perf_counter() - started}
     return {"arms": results, "model_path": str(model_path), "base": base_eval}

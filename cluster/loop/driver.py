@@ -40,6 +40,7 @@ from cluster.loop.evaluation import StaleEvaluation, evaluate_sets
 from cluster.loop.metrics import LoopMetrics
 from cluster.loop.placement import learner_placement
 from cluster.loop.run_log import RunLog
+from cluster.loop.tracking import TrackedRun, open_tracker, summary_values
 from cluster.metrics.catalogue import serve_once
 from cluster.queue.actor import ReplayQueueActor
 from learner.learner_actor import LearnerGroup, combine_metrics
@@ -78,7 +79,9 @@ class Driver:
 
     def __init__(self, config: RunConfig, run_dir: Path, model_path: str, actors: list,
                  progress: Optional[Callable[[Dict[str, object]], None]] = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, tracked: Optional[TrackedRun] = None) -> None:
+        """``tracked``: where and as what the experiment trackers see this run (a
+        comparison's arm; default: a run of its own, ``cluster.loop.tracking``)."""
         self.config, self.run_dir, self.model_path = config, Path(run_dir), model_path
         self.actors = actors
         self.progress = progress or (lambda row: None)
@@ -97,10 +100,18 @@ class Driver:
         self._ack_sent = None
         self._busy = {"rollout": 0.0, "learner": 0.0}
         self.metrics = LoopMetrics(config.name)
+        self.tracker = open_tracker(
+            config, tracked or TrackedRun(self.run_dir, self.run_dir, config.name), resume,
+            warn=self._tracking_failed)
         if config.cluster.metrics_port:
             port = serve_once(config.cluster.metrics_port, config.cluster.metrics_host)
             self.progress({"kind": "info", "message": "metrics at "
                            f"http://{config.cluster.metrics_host}:{port}/metrics"})
+
+    def _tracking_failed(self, message: str) -> None:
+        """A tracker that failed: said once, in the log and on the progress line."""
+        self.log.write("tracking_error", message=message)
+        self.progress({"kind": "info", "message": message})
 
     # ------------------------------------------------------------------ set-up
 
@@ -108,6 +119,7 @@ class Driver:
         """Start queue and learner (from the newest checkpoint when resuming)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(self.config))
+        self.tracker.params(self.config)
         attempt = len(list((self.run_dir / "queue").glob("attempt-*")))
         queue_name = f"duet-queue-{uuid.uuid4().hex[:12]}"
         cluster = self.config.cluster
@@ -331,6 +343,7 @@ class Driver:
                "wall_s": time.perf_counter() - self._t0}
         self.summary.eval.append(row)
         self.log.write("eval", **row)
+        self.tracker.eval(row)
         for name, summary in sets.items():
             self.log.write("eval_set", step=step, policy_version=version, set=name, **summary)
         self.metrics.eval(row)
@@ -346,6 +359,7 @@ class Driver:
         try:
             return self._run()
         except BaseException:
+            self.tracker.close(failed=True)
             self._release()  # a run that stops frees its learner and queue for the next
             raise
 
@@ -455,6 +469,7 @@ class Driver:
                     "tokens_per_s": (row.get("completion_tokens", 0.0)
                                      / max(row.get("generate_s", 0.0), 1e-9))})
         self.log.write("step", **row)
+        self.tracker.step(row)
         self.metrics.step(row)
         self.progress({"kind": "step", **row})
         return step, version, pending
@@ -544,5 +559,7 @@ class Driver:
         self.log.finish()
         self.ledger.close()
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary.__dict__, indent=1))
+        self.tracker.summary(summary_values(self.summary.__dict__))
+        self.tracker.close()
         self._release()
         return self.summary

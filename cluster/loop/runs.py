@@ -32,6 +32,9 @@ def fresh_run_dir(config: RunConfig, resume: bool = False) -> Path:
 
 def train(config: RunConfig, resume: bool = False) -> RunSummary:
     """``duet train``: one policy, with live progress, into ``runs/<name>``."""
+    from cluster.loop.tracking import check_installed
+
+    check_installed(config)  # a missing tracker is said before anything starts
     run_dir = fresh_run_dir(config, resume)
     start_ray(config)
     model_path = resolve_model(config)
