@@ -112,9 +112,12 @@ def test_report_ratios_are_the_ones_recomputed_from_metrics_csv(tmp_path):
 @pytest.mark.slow
 def test_compare_end_to_end_over_seeds_and_a_group_size_sweep(tmp_path):
     env = dict(os.environ)  # the warm start is cached (DUET_CACHE) and reused across runs
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")})
+    env.pop("WANDB_DIR", None)
     cmd = [sys.executable, "-m", "cluster.cli", "compare", "--arms", "2,4,16", "--seeds", "2",
            "compare.train_prompts=64", "compare.evaluations=2", "task.eval_size=16",
-           f"output_dir={tmp_path}", "name=mini"]
+           "tracking.backends=tensorboard,mlflow,wandb", f"output_dir={tmp_path}", "name=mini"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "mini"
@@ -156,9 +159,41 @@ def test_compare_end_to_end_over_seeds_and_a_group_size_sweep(tmp_path):
                 statistics.median(values))
     assert "## Table: base and arms on every evaluation set" in report
     assert re.search(r"^\| base \| ", report, re.M)
+    # Tracked: a run per arm x seed, grouped under the comparison in every tracker.
+    check_tracked(run, {f"arm-{arm}/seed-{seed}": steps for arm, steps in
+                        (("2", 2), ("4", 4), ("16", 16)) for seed in (0, 1)})
     audit = subprocess.run([sys.executable, "-m", "cluster.cli", "audit", str(run)],
                            capture_output=True, text=True, timeout=300)
     assert audit.returncode == 0, audit.stdout[-2000:]
+
+
+def check_tracked(run, steps):
+    """``steps``: each tracked run's name -> its last policy version."""
+    from tests.cluster.loop.tracker_readers import (
+        mlflow_client,
+        tensorboard_scalars,
+        tensorboard_tags,
+        wandb_run,
+    )
+
+    for name, last in steps.items():
+        scalars = tensorboard_scalars(run / "tb" / name)
+        assert [s for s, _ in scalars["train/loss"]] == list(range(1, last + 1)), name
+        assert scalars["eval/held_out/mean_at_k"][-1][0] == last
+    assert "report" in tensorboard_tags(run / "tb" / "report")["images"]
+    client = mlflow_client(run / "mlruns")
+    parent = json.loads((run / "tracking.json").read_text())["mlflow_parent"]
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in children) == sorted(steps)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert [a.path for a in client.list_artifacts(parent)] == ["report.png"]
+    held = [wandb_run(f) for f in (run / "wandb").glob("offline-run-*")]
+    assert sorted(h["run"].display_name for h in held) == sorted([*steps, "report"])
+    assert {h["run"].run_group for h in held} == {run.name}
+    for h in held:
+        if h["run"].display_name in steps:
+            assert h["summary"]["steps"] == steps[h["run"].display_name]
 
 
 def test_the_paper_preset_compared_by_epochs_gives_the_papers_schedule(tmp_path):
