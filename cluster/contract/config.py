@@ -35,6 +35,31 @@ def _require(ok: bool, key: str, value: Any, problem: str) -> None:
         raise ConfigError(key, problem, value=value)
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (PEFT) trained in place of the full weights; rank 0 is off."""
+
+    rank: int = 0
+    """Adapter rank r; 0 trains every weight. model.lora.rank=8 turns LoRA on."""
+    alpha: float = 16.0
+    """LoRA alpha: the adapter's update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input while training."""
+    target_modules: Tuple[str, ...] = LORA_TARGETS
+    """Module names that get an adapter (comma-separated or a list): by default every
+    attention and MLP projection of a Qwen2/Llama-style model."""
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 0, "rank", self.rank, "must be >= 0 (0: off)")
+        _require(self.alpha > 0, "alpha", self.alpha, "must be > 0")
+        _require(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        _require(bool(self.target_modules), "target_modules", self.target_modules,
+                 "must name at least one module")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The policy model."""
@@ -51,6 +76,8 @@ class ModelConfig:
     """Longest prompt + completion in tokens the engines reserve room for."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save learner memory."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters instead of full fine-tuning (model.lora.rank=8 turns them on)."""
 
     def __post_init__(self) -> None:
         _require(self.max_model_len > 0, "max_model_len", self.max_model_len, "must be > 0")
@@ -641,6 +668,10 @@ class RunConfig:
                               f"engine's GPU: learner.num_ranks ({self.learner.num_ranks}) "
                               f"must equal rollout.num_workers ({self.rollout.num_workers})",
                               value=transfer)
+        if transfer in ("nccl", "ipc") and self.model.lora.rank > 0:
+            raise ConfigError("rollout.weight_transfer", "a LoRA adapter (tens of MB) travels "
+                              "by object_store: vLLM's nccl/ipc engines load base weights, "
+                              "not adapters; use object_store or auto", value=transfer)
         if transfer == "nccl" and cluster.placement == "colocated":
             raise ConfigError("rollout.weight_transfer", "NCCL cannot join two processes on "
                               "one GPU: colocated engines use ipc (or object_store)",
@@ -660,7 +691,7 @@ class RunConfig:
             object.__setattr__(self, "rollout", dataclasses.replace(
                 self.rollout, gpu_memory_utilization=round(0.85 * share, 3) if on_gpu else 0.2))
         if self.rollout.weight_transfer == "auto":
-            transfer = ("object_store" if not on_gpu else
+            transfer = ("object_store" if not on_gpu or self.model.lora.rank > 0 else
                         "ipc" if self.cluster.placement == "colocated" and
                         self.learner.num_ranks == self.rollout.num_workers else
                         "object_store" if self.cluster.placement == "colocated" else "nccl")

@@ -88,6 +88,9 @@ class WeightManifest:
     """The dtype both sides compute in; selects the probe tolerance."""
     names: Tuple[str, ...] = field(default=(), compare=False)
     """Tensor names in the payload (for errors and the GPU path's metadata)."""
+    adapter_config: str = field(default="", compare=False)
+    """LoRA: the adapter's ``adapter_config.json`` text; the payload is the adapter alone,
+    which the engine loads as a vLLM LoRA over its unchanged base. Empty: full weights."""
 
 
 def digest(data) -> str:
@@ -310,16 +313,18 @@ def compare_probe(expected: Sequence[float], got: Sequence[float],
 
 
 def start_manifest(version: int, names: Sequence[str], model: torch.nn.Module, vocab_size: int,
-                   dtype: str = "float32", guess: Sequence[int] = ()) -> WeightManifest:
+                   dtype: str = "float32", guess: Sequence[int] = (),
+                   adapter_config: str = "") -> WeightManifest:
     """What an engine is told before a streamed update: the version, every tensor name it
     must receive, and the probe computed on ``model`` (digests travel with each bucket).
-    ``guess``: the greedy tokens the probe expects (``probe``)."""
+    ``guess``: the greedy tokens the probe expects (``probe``); ``adapter_config``: a LoRA
+    update's adapter config (the probe then checks base + adapter)."""
     if dtype not in PROBE_TOLERANCE:
         raise ValueError(f"no probe tolerance for dtype {dtype!r}; known: {sorted(PROBE_TOLERANCE)}")
     ids, logprobs = probe(model, vocab_size, guess)
     return WeightManifest(version=version, digests=(), total_bytes=0,
                           probe_token_ids=tuple(ids), probe_logprobs=tuple(logprobs),
-                          dtype=dtype, names=tuple(names))
+                          dtype=dtype, names=tuple(names), adapter_config=adapter_config)
 
 
 def build_manifest(version: int, buckets: Sequence[Tuple[np.ndarray, List[str]]],
