@@ -78,7 +78,9 @@ def build_engine(model: torch.nn.Module, config: LearnerConfig, bf16: bool = Fal
     """DeepSpeed engine around ``model`` with AdamW and a warm-up-then-constant LR."""
     import deepspeed
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+    # Only what trains: with LoRA the frozen base holds no optimizer state at all.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
     warmup = config.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -155,13 +157,7 @@ def load_state(engine, folder: str, rank: int, model_dir: str) -> None:
         weights = {}
         for shard in sorted(Path(model_dir).glob("*.safetensors")):
             weights.update(load_file(str(shard)))
-        module = engine.module
-        missing, unexpected = module.load_state_dict(weights, strict=False)
-        tied = {k for k in missing if k.endswith("lm_head.weight")}
-        if unexpected or set(missing) - tied:
-            raise StateFormatError(f"{model_dir}: does not match the model (missing "
-                                   f"{sorted(set(missing) - tied)[:5]}, unexpected "
-                                   f"{sorted(unexpected)[:5]})")
+        load_weights(engine.module, weights, model_dir)
     # ZeRO reads only this rank's entry; the others stay None so a misuse fails loudly.
     entries = [None] * world
     entries[rank] = tree
@@ -172,3 +168,25 @@ def load_state(engine, folder: str, rank: int, model_dir: str) -> None:
         engine.lr_scheduler.load_state_dict(meta["scheduler"])
     for k, v in meta["counters"].items():
         setattr(engine, k, v)
+
+
+def load_weights(module, weights: Dict[str, torch.Tensor], model_dir: str) -> None:
+    """A checkpoint's weights into ``module``: the whole model, or (LoRA) the adapter alone
+    under PEFT's saved names; anything that does not fit is a ``StateFormatError``."""
+    from cluster.contract.adapters import is_adapter
+    from learner.state_io import StateFormatError
+
+    if is_adapter(model_dir):
+        from peft import set_peft_model_state_dict
+
+        unexpected = set_peft_model_state_dict(module, weights).unexpected_keys
+        if unexpected:
+            raise StateFormatError(f"{model_dir}: adapter tensors the model has no place "
+                                   f"for: {sorted(unexpected)[:5]}")
+        return
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}
+    if unexpected or set(missing) - tied:
+        raise StateFormatError(f"{model_dir}: does not match the model (missing "
+                               f"{sorted(set(missing) - tied)[:5]}, unexpected "
+                               f"{sorted(unexpected)[:5]})")

@@ -106,6 +106,21 @@ class LearnerWeights:
                 yield name, tensor.detach()
 
 
+class AdapterWeights(LearnerWeights):
+    """A LoRA model's adapter tensors only, under the names PEFT saves them (``learner.adapters``):
+    the engines keep their base weights and load the adapter as a vLLM LoRA."""
+
+    def _tensors(self) -> Dict[str, torch.Tensor]:
+        from learner.adapters import adapter_parameters
+
+        return dict(adapter_parameters(self.module))
+
+    def adapter_config(self) -> str:
+        from learner.adapters import adapter_config_json
+
+        return adapter_config_json(self.module)
+
+
 class EngineClient:
     """The rollout actors as vLLM's ``VLLMWeightSyncClient``, plus duet's bucket calls.
 

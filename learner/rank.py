@@ -37,10 +37,17 @@ from cluster.contract.weights import (
     WeightSyncError,
     start_manifest,
 )
+from learner.adapters import is_adapter, load_model
 from learner.algo import compute_advantages, informative, policy_loss
 from learner.batch import TrainBatch, to_tensors
 from learner.host_memory import keep_freed_memory, refaults
-from learner.publish import EngineClient, LearnerWeights, VllmTransport, send_buckets
+from learner.publish import (
+    AdapterWeights,
+    EngineClient,
+    LearnerWeights,
+    VllmTransport,
+    send_buckets,
+)
 
 RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -154,10 +161,13 @@ class LearnerRank:
             store = torch.distributed.TCPStore(master[0], master[1], self.world_size,
                                                is_master=False, timeout=RENDEZVOUS_TIMEOUT)
         ds.init_distributed(self.rank, self.world_size, store)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch.float32, trust_remote_code=config.model.trust_remote_code)
+        # With LoRA: the frozen base and its adapters (a LoRA checkpoint's model/ is one).
+        model = load_model(model_path, config.model.lora, config.model.trust_remote_code)
+        self.lora = is_adapter(model_path) or config.model.lora.rank > 0
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+            if self.lora:  # the frozen embeddings' output must carry grad for the adapters'
+                model.enable_input_require_grads()
         self.vocab_size = model.config.vocab_size
         self.reference = None
         if config.algo.kl_coef > 0:
@@ -360,7 +370,7 @@ class LearnerRank:
         the probe in its next call instead of before answering."""
         start = time.perf_counter()
         zero3 = self.engine.zero_optimization_stage() == 3
-        source = LearnerWeights(self.engine.module, zero3)
+        source = (AdapterWeights if self.lora else LearnerWeights)(self.engine.module, zero3)
         transport = self.config.rollout.weight_transfer
         manifest, client = None, None
         if self.rank == 0 or zero3:  # under ZeRO-3 the probe's forward is a collective too
@@ -368,7 +378,9 @@ class LearnerRank:
             # right); ZeRO-3's ranks must run the same passes, so they never guess.
             manifest = start_manifest(version, source.names(), self.engine.module,
                                       self.vocab_size, self.config.model.dtype,
-                                      guess=() if zero3 else self._probe_guess)
+                                      guess=() if zero3 else self._probe_guess,
+                                      adapter_config=source.adapter_config() if self.lora
+                                      else "")
             self._probe_guess = manifest.probe_token_ids[PROBE_PREFIX:]
         if self.config.cluster.placement == "colocated":  # the engines wake next
             self.release_cached_memory()
