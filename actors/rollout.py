@@ -102,7 +102,24 @@ def engine_kwargs(config: RunConfig, model_path: str) -> Dict[str, object]:
         # trains. vLLM refuses the flag on CPU, where sleep is a no-op anyway.
         **({"enable_sleep_mode": True} if config.cluster.placement == "colocated"
            and config.cluster.gpus_per_actor > 0 else {}),
+        # LoRA: the learner's adapter arrives after each step; one at a time is in use.
+        **({"enable_lora": True, "max_loras": 1,
+            "max_lora_rank": engine_lora_rank(config.model.lora.rank)}
+           if config.model.lora.rank > 0 else {}),
     )
+
+
+# The adapter ranks vLLM's engine can reserve room for (its LoRAConfig.max_lora_rank).
+ENGINE_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts as ``max_lora_rank`` that holds ``rank``."""
+    for allowed in ENGINE_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"model.lora.rank={rank} exceeds what vLLM supports "
+                     f"({ENGINE_LORA_RANKS[-1]})")
 
 
 # Colocated engines sleep at level 2 (``RolloutWorker.sleep`` says why).
@@ -203,7 +220,8 @@ class RolloutWorker:
         if owed is not None:
             inputs, params = [owed[0]] + inputs, [owed[1]] + params
         self.wake_up()  # a colocated engine the driver left asleep still answers correctly
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False,
+                                    lora_request=self.weights.lora_request)
         if owed is not None:
             probe, outputs = outputs[0], outputs[1:]
             try:
@@ -458,9 +476,15 @@ class RolloutWorker:
         """The processes the engine's workers run in (the actor's own when in-process)."""
         return list(self.llm.collective_rpc("duet_pid"))
 
-    def state(self) -> Dict[str, int]:
+    def state(self) -> Dict[str, object]:
         return {"cursor": self.cursor, "policy_version": self.policy_version, "pid": os.getpid(),
                 "sleeps": self.sleeps}
+
+    def adapters(self) -> Dict[str, object]:
+        """LoRA: the adapter every call uses, and the adapter ids the engine holds."""
+        request = self.weights.lora_request
+        return {"current": None if request is None else request.lora_name,
+                "held": sorted(self.llm.llm_engine.list_loras())}
 
     def close(self) -> None:
         self.rewards.close()

@@ -10,6 +10,12 @@ load is an error, never a silent divergence. The probe runs at the finish, or â€
 sender asks (``finish(verify=False)``) â€” inside the engine's next ``generate`` call, beside
 the rollouts, instead of as an engine call of its own (``owed_probe``/``settle``); either
 way no sample from unverified weights leaves the engine.
+
+A LoRA update (``manifest.adapter_config`` set) carries the adapter alone: the engine's base
+weights stay as they are, the adapter is written as a PEFT folder and every later engine
+call names it in a vLLM ``LoRARequest`` whose id is new with each version, so the engine
+takes the new adapter and drops the old one (``lora_request``); the probe runs through
+base + adapter.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class EngineWeights:
         self._next_bucket = 0
         self.backend: Optional[str] = None
         self._owed: Optional[WeightManifest] = None  # loaded weights whose probe is due
+        self.lora_request = None  # the adapter every engine call uses (LoRA runs)
+        self._adapter: Optional[Dict[str, object]] = None  # an adapter update's tensors
+        self._adapters_made = 0
 
     # ------------------------------------------------------------------ one update
 
@@ -67,7 +76,9 @@ class EngineWeights:
         self._owed = None  # the weights it was owed for are being replaced
         self._mode: Optional[str] = None  # what the update started: buckets or transfer
         self._timings = {"transfer": 0.0, "load": 0.0, "verify": 0.0}
-        if mode is not None:
+        self._adapter = {} if manifest.adapter_config else None
+        self.lora_request = None  # whatever the engine used is being replaced
+        if self._adapter is None and mode is not None:
             start = time.perf_counter()
             self._start_mode(mode)
             self._timings["load"] += time.perf_counter() - start
@@ -92,11 +103,14 @@ class EngineWeights:
                                   "(digest mismatch); the update must start over")
         self._timings["transfer"] += time.perf_counter() - start
         start = time.perf_counter()
-        self._start_mode("buckets")
         named = list(tensor_views(data))
-        if self.engine_in_process:
+        if self._adapter is not None:  # kept (copied: the bucket is freed) for the finish
+            self._adapter.update((name, t.clone()) for name, t in named)
+        elif self.engine_in_process:
+            self._start_mode("buckets")
             self.llm.collective_rpc("duet_load_tensors", args=(named,))
         else:
+            self._start_mode("buckets")
             self.load_from_file(manifest.version, index, data)
         self._loaded.update(name for name, _ in named)
         del named
@@ -110,7 +124,9 @@ class EngineWeights:
 
     def receive(self, update_info: Dict[str, object]) -> None:
         """One chunk through vLLM's transfer engine (it receives and loads)."""
-        self.pending()
+        if self.pending().adapter_config:
+            raise WeightSyncError("a LoRA adapter travels by object_store, not through vLLM's "
+                                  "nccl/ipc engines")
         if self.backend is None:
             raise WeightSyncError("no weight transfer engine joined: init_transfer first")
         start = time.perf_counter()
@@ -145,6 +161,8 @@ class EngineWeights:
             raise WeightSyncError(f"version {manifest.version}: {len(missing)} tensor(s) never "
                                   f"arrived (e.g. {sorted(missing)[0]}); the update must start "
                                   "over")
+        if self._adapter is not None:
+            self._take_adapter(manifest)
         # Cached prefixes hold keys/values computed by the old weights.
         self.llm.reset_prefix_cache()
         self._timings["load"] += time.perf_counter() - start
@@ -194,10 +212,33 @@ class EngineWeights:
             except OSError:
                 pass
 
+    def _take_adapter(self, manifest: WeightManifest) -> None:
+        """Write the adapter as a PEFT folder and make it the one every engine call names;
+        the engine forgets the one before (its id is never used again)."""
+        import shutil
+
+        from vllm.lora.request import LoRARequest
+
+        from cluster.contract.adapters import write_adapter
+
+        tensors, self._adapter = self._adapter, None
+        self._adapters_made += 1
+        folder = write_adapter(sync_dir() / f"adapter-{self._adapters_made}", tensors,
+                               manifest.adapter_config)
+        old, self.lora_request = self._current, LoRARequest(
+            f"duet-v{manifest.version}-{self._adapters_made}", self._adapters_made, str(folder))
+        if old is not None:
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self._current = self.lora_request
+
+    _current = None  # the adapter the engine holds (kept while an update replaces it)
+
     def probe(self, token_ids: Sequence[int]) -> List[float]:
         """Engine log-probs of token_ids[1:] given their prefixes (prompt_logprobs)."""
         prompt, params = self._probe_request(token_ids)
-        out = self.llm.generate([prompt], params, use_tqdm=False)[0]
+        out = self.llm.generate([prompt], params, use_tqdm=False,
+                                lora_request=self.lora_request)[0]
         return self._read_probe(out, token_ids)
 
     @staticmethod
