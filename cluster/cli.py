@@ -191,6 +191,13 @@ def cmd_audit(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_export(args) -> int:
+    from cluster.tools.export import export_model
+
+    print(f"written to {export_model(Path(args.model), Path(args.out), args.merge)}")
+    return 0
+
+
 def cmd_track(args) -> int:
     from cluster.loop.tracking import replay_folder
 
@@ -266,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help='print {"rows", "skipped", "sample": {"prompt", "prompt_tokens", '
                            '"answer"}, "max_prompt_tokens"}')
     data.set_defaults(func=cmd_data)
+
+    export = sub.add_parser(
+        "export", help="a checkpoint's model as a plain Hugging Face folder",
+        description="Copies runs/<name>/checkpoints/<step>/model to --out; a LoRA adapter "
+                    "with --merge is folded into its base (PEFT's merge_and_unload) first.")
+    export.add_argument("model", help="a checkpoint's model/ folder (full weights or an adapter)")
+    export.add_argument("--out", required=True, help="folder to write")
+    export.add_argument("--merge", action="store_true",
+                        help="fold a LoRA adapter into its base weights")
+    export.set_defaults(func=cmd_export)
 
     track = sub.add_parser(
         "track", help="log a finished run (or comparison) into experiment trackers",

@@ -104,8 +104,27 @@ def model_shape(config: RunConfig) -> ModelShape:
                      "with a config.json")
 
 
+def adapter_params(config: RunConfig, shape: ModelShape) -> float:
+    """LoRA's trainable parameters: rank x (inputs + outputs) of every adapted projection."""
+    h, kv = shape.hidden, shape.kv_heads * shape.head_dim
+    sizes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+             "gate_proj": (h, shape.intermediate), "up_proj": (h, shape.intermediate),
+             "down_proj": (shape.intermediate, h)}
+    lora = config.model.lora
+    return shape.layers * lora.rank * sum(sum(sizes[m]) for m in lora.target_modules
+                                          if m in sizes)
+
+
 def learner_bytes(config: RunConfig, shape: ModelShape) -> Dict[str, float]:
-    """One learner rank's GPU memory by term (bytes)."""
+    """One learner rank's GPU memory by term (bytes). With LoRA the base is frozen in the
+    training dtype and only the adapter has gradients, master weights and Adam moments."""
+    if config.model.lora.rank > 0:
+        return lora_learner_bytes(config, shape)
+    return learner_full_terms(config, shape)
+
+
+def learner_full_terms(config: RunConfig, shape: ModelShape) -> Dict[str, float]:
+    """Full fine-tuning's terms (bytes)."""
     p, ranks = shape.params, config.learner.num_ranks
     b = 2 if config.model.dtype == "bfloat16" else 4
     tokens = config.learner.micro_batch_tokens
@@ -132,7 +151,9 @@ def learner_bytes(config: RunConfig, shape: ModelShape) -> Dict[str, float]:
 # gradient buffer) are freed when the step ends and returned to the device before a
 # colocated engine wakes (``learner.rank.release_cached_memory``).
 RESIDENT = ("weights", "gradients (fp32, partitioned)", "master weights (fp32, partitioned)",
-            "Adam moments (fp32, partitioned)", "KL reference")
+            "Adam moments (fp32, partitioned)", "KL reference", "weights (frozen base)",
+            "LoRA adapter", "adapter gradients", "adapter master weights (fp32)",
+            "adapter Adam moments (fp32)")
 
 
 def transfer_buffer(config: RunConfig, shape: ModelShape) -> Optional[Tuple[str, float]]:
@@ -148,6 +169,23 @@ def transfer_buffer(config: RunConfig, shape: ModelShape) -> Optional[Tuple[str,
     if transfer == "nccl":
         return "nccl buffers (rank 0, 2 in flight)", 2 * size
     return None
+
+
+def lora_learner_bytes(config: RunConfig, shape: ModelShape) -> Dict[str, float]:
+    b = 2 if config.model.dtype == "bfloat16" else 4
+    a, ranks = adapter_params(config, shape), config.learner.num_ranks
+    zero3 = config.learner.zero_stage == 3
+    full = learner_full_terms(config, shape)
+    return {
+        "weights (frozen base)": shape.params * b / (ranks if zero3 else 1),
+        "LoRA adapter": a * b,
+        "adapter gradients": a * b,
+        "adapter master weights (fp32)": 4 * a if b == 2 else 0.0,
+        "adapter Adam moments (fp32)": 8 * a,
+        "KL reference": full["KL reference"],
+        "activations (one micro-batch)": full["activations (one micro-batch)"],
+        "logits, forward and backward": full["logits, forward and backward"],
+    }
 
 
 def kv_bytes_per_token(config: RunConfig, shape: ModelShape) -> float:
