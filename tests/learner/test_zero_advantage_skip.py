@@ -12,7 +12,8 @@ import torch
 
 from cluster.contract.config import load_config
 from learner.learner_actor import combine_metrics
-from learner.rank import LearnerRank, balance
+from learner.rank import balance
+from tests.learner.hosts import Host
 from tests.learner.steps import LR, step_batch
 
 pytestmark = pytest.mark.slow
@@ -108,24 +109,6 @@ def test_one_rank_one_row_micro_batches_are_bit_identical(solo, tiny_model_path,
     any other difference would show."""
     runs = {mode: train_here(solo, tiny_model_path, mode, case, 1, lr=LR) for mode in ("off", "auto")}
     check_same(runs, exact=True, lr=LR)
-
-
-@ray.remote(num_cpus=1)
-class Host:
-    """A process holding one learner rank at a time, of a 2-rank group that lives on."""
-
-    def make(self, config, rank, world=2):
-        self.rank = LearnerRank(config, rank, world)
-        return self.rank.rendezvous() if rank == 0 else None
-
-    def start(self, model_path, master):
-        self.rank.start(model_path, master)
-
-    def train(self, batch):
-        return self.rank.train_step(batch)
-
-    def weights(self):
-        return self.rank.weights()
 
 
 @pytest.fixture(scope="module")

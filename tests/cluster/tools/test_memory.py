@@ -110,3 +110,20 @@ def test_a_colocated_engine_must_fit_beside_the_ranks_resident_state(capsys):
                  "cluster.placement=colocated"])
     err = capsys.readouterr().err
     assert code == 2 and "DOES NOT FIT" in err and "colocated, an engine that wakes" in err
+
+
+def test_lora_plans_the_frozen_base_and_the_adapters_optimizer_only():
+    """7B at rank 64: 28 layers x 64 x (q, k, v, o, gate, up, down inputs + outputs) adapter
+    parameters; the base keeps no gradient or optimizer state, so 80 GiB GPUs fit."""
+    from cluster.tools.memory import adapter_params
+
+    full = load_config(PRESETS["7b"], ["cluster.gpu_memory_gib=80"])
+    lora = load_config(PRESETS["7b"], ["cluster.gpu_memory_gib=80", "model.lora.rank=64"])
+    shape = KNOWN["qwen2.5-math-7b"]
+    h, kv, i = 3584, 4 * 128, 18944
+    expected = 28 * 64 * (2 * h + (h + kv) * 2 + 2 * h + 2 * (h + i) + (i + h))
+    assert adapter_params(lora, shape) == expected
+    terms = memory_plan(lora, shape).learner
+    assert terms["adapter Adam moments (fp32)"] == 8 * expected
+    assert "Adam moments (fp32, partitioned)" not in terms
+    assert memory_plan(full, shape).problems and not memory_plan(lora, shape).problems
