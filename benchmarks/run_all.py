@@ -23,7 +23,7 @@ from typing import Dict, List
 
 from benchmarks.common import machine
 
-SUITE = ("queue", "rollout", "learner", "ties", "floor", "e2e", "scaling")
+SUITE = ("queue", "rollout", "learner", "ties", "lora_sync", "floor", "e2e", "scaling")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
