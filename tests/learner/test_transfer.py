@@ -296,20 +296,27 @@ def test_an_engine_that_does_not_answer_fails_within_the_sync_timeout(ray_cluste
 
     @ray.remote(num_cpus=0)
     class Stuck:
+        def ready(self):
+            return True
+
         def transfer_state(self):
-            time.sleep(60)
+            time.sleep(120)
 
     @ray.remote(num_cpus=0)
     class Fine:
+        def ready(self):
+            return True
+
         def transfer_state(self):
             return {"pid": 1, "backend": None}
 
     actors = [Fine.remote(), Stuck.remote()]
+    ray.get([a.ready.remote() for a in actors])  # started: the timeout is the call's alone
     try:
-        strict = EngineClient(actors, "nccl", strict=True, timeout_s=1.0)
-        with pytest.raises(WeightSyncError, match=r"rollout actor 1: no answer within 1 s"):
+        strict = EngineClient(actors, "nccl", strict=True, timeout_s=5.0)
+        with pytest.raises(WeightSyncError, match=r"rollout actor 1: no answer within 5 s"):
             strict.transfer_states()
-        lenient = EngineClient(actors, "object_store", strict=False, timeout_s=1.0)
+        lenient = EngineClient(actors, "object_store", strict=False, timeout_s=5.0)
         assert lenient.transfer_states() == {0: {"pid": 1, "backend": None}}
         assert list(lenient.errors) == [1]
     finally:
