@@ -131,3 +131,22 @@ def test_lora_learns_the_embedded_task(tmp_path):
     evals = read_rows(tmp_path / "lora" / "metrics.jsonl", "eval")
     first, last = evals[0]["sets"]["held_out"], evals[-1]["sets"]["held_out"]
     assert last["mean_at_k"] > first["mean_at_k"] + 0.03, (first, last)
+
+
+def test_compare_trains_both_arms_with_adapters(tmp_path):
+    cmd = [sys.executable, "-m", "cluster.cli", "compare", "--arms", "2,4", "--seeds", "1",
+           "compare.train_prompts=64", "compare.evaluations=1", "task.eval_size=16",
+           "model.lora.rank=8", "learner.lr=1e-3", f"output_dir={tmp_path}", "name=lc"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "lc"
+    for arm, steps in (("2", 2), ("4", 4)):
+        arm_dir = run / f"arm-{arm}" / "seed-0"
+        assert (adapter_of(arm_dir) / "adapter_config.json").exists()
+        rows = read_rows(arm_dir / "metrics.jsonl", "step")
+        assert len(rows) == steps and all(r["probe_max_abs_diff"] < 2e-3 for r in rows)
+        # each arm starts from the base: its first evaluation is the base model's
+        first = read_rows(arm_dir / "metrics.jsonl", "eval")[0]
+        base = json.loads((run / "base" / "eval.json").read_text())
+        assert first["mean_at_k"] == pytest.approx(base["average"]["mean_at_k"])
+    assert (run / "report.md").exists()
